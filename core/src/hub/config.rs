@@ -1,0 +1,121 @@
+//! Hub settings, with the defaults of PROTOCOL.md.
+
+use core::time::Duration;
+
+use crate::ratelimit::RateLimit;
+
+/// Liveness settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatConfig {
+    /// Ping cadence for an idle connection; also advertised to clients in `welcome`.
+    pub interval_ms: u64,
+    /// How long clients wait for any message after their heartbeat before giving up
+    /// (advertised in `welcome`).
+    pub timeout_ms: u64,
+    /// Intervals without any inbound frame before the hub drops a connection.
+    pub max_missed: u32,
+    /// Whether the hub sends protocol pings and reaps silent peers. Native servers do;
+    /// a Durable Object does not (workerd owns the sockets and pings must not wake it).
+    pub server_pings: bool,
+}
+
+impl HeartbeatConfig {
+    pub(crate) fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(1))
+    }
+    pub(crate) fn dead_after(&self) -> Duration {
+        self.interval() * self.max_missed.max(1)
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval_ms: 25_000,
+            timeout_ms: 20_000,
+            max_missed: 2,
+            server_pings: true,
+        }
+    }
+}
+
+/// Per-room message history kept for `join` with `since` (recovery after reconnects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Messages kept per room; 0 turns history off.
+    pub max_messages: usize,
+    /// How long a message is kept (and how long an empty room outlives its members).
+    pub max_age_ms: u64,
+}
+
+impl HistoryConfig {
+    pub(crate) fn max_age(&self) -> Duration {
+        Duration::from_millis(self.max_age_ms)
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_messages: 0,
+            max_age_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// Everything a hub can be told. `Default` gives the PROTOCOL.md defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Connections admitted at once (more are refused with 503).
+    pub max_connections: usize,
+    /// Largest message accepted, in bytes (close 1009 past it).
+    pub max_message_size: usize,
+    /// Unsent output allowed per connection before it is closed as a slow consumer.
+    pub max_buffered_bytes: usize,
+    /// Rooms one connection may be in.
+    pub max_rooms_per_conn: usize,
+    /// Channels one connection may subscribe to.
+    pub max_subscriptions_per_conn: usize,
+    /// Member limit for rooms without their own.
+    pub max_room_members: Option<usize>,
+    /// Entries in a join ack's `present` list.
+    pub max_present_list: usize,
+    /// Whether a client's `join` may create a room (else `forbidden`).
+    pub clients_create_rooms: bool,
+    /// Request rate per connection.
+    pub rate_limit: RateLimit,
+    /// Liveness.
+    pub heartbeat: HeartbeatConfig,
+    /// Recovery history.
+    pub history: HistoryConfig,
+    /// Emit [`super::Output::Forward`] for local publishes so a backplane can carry them.
+    pub backplane: bool,
+    /// How long a closing connection's slot is kept waiting for the adapter's report.
+    pub close_grace_ms: u64,
+}
+
+impl HubConfig {
+    pub(crate) fn close_grace(&self) -> Duration {
+        Duration::from_millis(self.close_grace_ms)
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_connections: 100_000,
+            max_message_size: 1 << 20,
+            max_buffered_bytes: 1 << 20,
+            max_rooms_per_conn: 1000,
+            max_subscriptions_per_conn: 1000,
+            max_room_members: None,
+            max_present_list: 100,
+            clients_create_rooms: true,
+            rate_limit: RateLimit::default(),
+            heartbeat: HeartbeatConfig::default(),
+            history: HistoryConfig::default(),
+            backplane: false,
+            close_grace_ms: 5_000,
+        }
+    }
+}

@@ -1,0 +1,934 @@
+//! Hub unit tests: protocol behaviour from PROTOCOL.md, one rule at a time, no I/O.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::ratelimit::RateLimit;
+
+struct T {
+    hub: Hub,
+    now: u64,
+    inbox: HashMap<ConnId, Vec<Value>>,
+    closes: Vec<(ConnId, u16, String)>,
+    pings: Vec<ConnId>,
+    events: Vec<Event>,
+    forwards: Vec<Forward>,
+    raw: HashMap<ConnId, Vec<String>>,
+}
+
+impl T {
+    fn new() -> T {
+        T::with(HubConfig::default())
+    }
+
+    fn with(config: HubConfig) -> T {
+        T {
+            hub: Hub::new(config, [7; 32], Timestamp(0)),
+            now: 0,
+            inbox: HashMap::new(),
+            closes: Vec::new(),
+            pings: Vec::new(),
+            events: Vec::new(),
+            forwards: Vec::new(),
+            raw: HashMap::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.hub.poll_output() {
+            match o {
+                Output::Send { conn, msg } => {
+                    let v: Value = serde_json::from_str(msg.text()).expect("server sends JSON");
+                    self.hub.handle_flushed(conn, msg.wire_len()).ok();
+                    self.inbox.entry(conn).or_default().push(v);
+                    self.raw
+                        .entry(conn)
+                        .or_default()
+                        .push(msg.text().to_owned());
+                }
+                Output::Close { conn, code, reason } => {
+                    self.closes.push((conn, code, reason.into_owned()))
+                }
+                Output::Ping { conn } => self.pings.push(conn),
+                Output::Event(e) => self.events.push(e),
+                Output::Forward(f) => self.forwards.push(f),
+            }
+        }
+    }
+
+    fn connect(&mut self, user: Option<&str>) -> ConnId {
+        let id = self
+            .hub
+            .connect(
+                Timestamp(self.now),
+                ConnectRequest {
+                    user: user.map(str::to_owned),
+                    ..Default::default()
+                },
+            )
+            .expect("admitted");
+        self.drain();
+        let w = self.take(id);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0]["type"], "welcome");
+        id
+    }
+
+    fn send(&mut self, id: ConnId, v: Value) {
+        self.text(id, &v.to_string());
+    }
+
+    fn text(&mut self, id: ConnId, t: &str) {
+        self.hub.handle_text(Timestamp(self.now), id, t).unwrap();
+        self.drain();
+        self.hub.check_invariants();
+    }
+
+    fn take(&mut self, id: ConnId) -> Vec<Value> {
+        self.inbox.remove(&id).unwrap_or_default()
+    }
+
+    /// Sends a request and returns the single reply.
+    fn ask(&mut self, id: ConnId, v: Value) -> Value {
+        self.send(id, v);
+        let mut r = self.take(id);
+        assert_eq!(r.len(), 1, "expected one reply, got {r:?}");
+        r.pop().unwrap()
+    }
+
+    fn join(&mut self, id: ConnId, room: &str) -> Value {
+        let a = self.ask(id, json!({"type":"join","room":room}));
+        assert_eq!(a["type"], "ack", "{a}");
+        a
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        self.hub.handle_timeout(Timestamp(self.now));
+        self.drain();
+        self.hub.check_invariants();
+    }
+}
+
+fn code(v: &Value) -> &str {
+    assert_eq!(v["type"], "error", "{v}");
+    v["code"].as_str().unwrap()
+}
+
+#[test]
+fn welcome_has_conn_user_and_heartbeat() {
+    let mut t = T::new();
+    let id = t
+        .hub
+        .connect(
+            Timestamp(0),
+            ConnectRequest {
+                user: Some("ann".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    t.drain();
+    let w = &t.take(id)[0];
+    assert_eq!(w["type"], "welcome");
+    assert!(!w["conn"].as_str().unwrap().is_empty());
+    assert_eq!(w["user"], "ann");
+    assert_eq!(
+        w["heartbeat"],
+        json!({"interval_ms":25000,"timeout_ms":20000})
+    );
+    let anon = t.connect(None);
+    assert_ne!(anon, id);
+    assert!(matches!(t.events[0], Event::Connected { .. }));
+}
+
+#[test]
+fn anonymous_welcome_has_null_user() {
+    let mut t = T::new();
+    let id = t
+        .hub
+        .connect(Timestamp(0), ConnectRequest::default())
+        .unwrap();
+    t.drain();
+    assert_eq!(t.take(id)[0]["user"], Value::Null);
+}
+
+#[test]
+fn bad_user_and_full_server_refused() {
+    let mut t = T::with(HubConfig {
+        max_connections: 1,
+        ..Default::default()
+    });
+    assert_eq!(
+        t.hub.connect(
+            Timestamp(0),
+            ConnectRequest {
+                user: Some(String::new()),
+                ..Default::default()
+            }
+        ),
+        Err(ConnectError::BadUser)
+    );
+    t.connect(None);
+    assert_eq!(
+        t.hub.connect(Timestamp(0), ConnectRequest::default()),
+        Err(ConnectError::Full)
+    );
+}
+
+#[test]
+fn ids_are_never_reused() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    t.hub
+        .handle_disconnect(
+            Timestamp(0),
+            a,
+            DisconnectReason::Closed { code: Some(1000) },
+        )
+        .unwrap();
+    let b = t.connect(None);
+    assert_ne!(a, b);
+    assert_eq!(a.slot(), b.slot(), "slot reused, id not");
+    assert!(t.hub.handle_text(Timestamp(0), a, "{}").is_err());
+}
+
+#[test]
+fn join_ack_fields_and_presence_only_to_watchers() {
+    let mut t = T::new();
+    let a = t.connect(Some("a"));
+    let b = t.connect(Some("b"));
+    let c = t.connect(Some("c"));
+    let ack = t.ask(
+        a,
+        json!({"type":"join","room":"lobby","id":1,"presence":true}),
+    );
+    assert_eq!(ack["id"], 1);
+    assert_eq!(ack["room"], "lobby");
+    assert_eq!(ack["members"], 1);
+    assert_eq!(ack["seq"], 0);
+    assert!(ack["epoch"].is_string());
+    assert!(ack.get("recovered").is_none());
+    assert_eq!(ack["present"].as_array().unwrap().len(), 1);
+    t.join(b, "lobby"); // no presence for b
+    let p = t.take(a);
+    assert_eq!(
+        p,
+        vec![
+            json!({"type":"presence","room":"lobby","joined":[{"conn": t.hub.connection(b).unwrap().wire_id,"user":"b"}]})
+        ]
+    );
+    let ack = t.ask(c, json!({"type":"join","room":"lobby","presence":true}));
+    assert_eq!(ack["members"], 3);
+    assert_eq!(ack["present"].as_array().unwrap().len(), 3);
+    assert_eq!(t.take(a).len(), 1);
+    assert!(t.take(b).is_empty(), "b did not ask for presence");
+    // leave → left to a and c
+    let ack = t.ask(b, json!({"type":"leave","room":"lobby","id":"x"}));
+    assert_eq!(ack, json!({"type":"ack","id":"x","room":"lobby"}));
+    assert_eq!(t.take(a)[0]["left"][0]["user"], "b");
+    assert_eq!(t.take(c)[0]["left"][0]["user"], "b");
+    // disconnect counts as leaving
+    t.hub
+        .handle_disconnect(Timestamp(0), c, DisconnectReason::Closed { code: None })
+        .unwrap();
+    t.drain();
+    assert_eq!(t.take(a)[0]["left"][0]["user"], "c");
+}
+
+#[test]
+fn second_join_acks_without_presence_change() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    let b = t.connect(None);
+    t.ask(a, json!({"type":"join","room":"r","presence":true}));
+    t.join(b, "r");
+    t.take(a);
+    let ack = t.join(b, "r");
+    assert_eq!(ack["members"], 2);
+    assert!(t.take(a).is_empty());
+    // switching presence on for b
+    t.ask(b, json!({"type":"join","room":"r","presence":true}));
+    t.hub
+        .handle_disconnect(Timestamp(0), a, DisconnectReason::Closed { code: None })
+        .unwrap();
+    t.drain();
+    assert_eq!(t.take(b)[0]["type"], "presence");
+}
+
+#[test]
+fn room_publish_echo_exclusion_seq_and_ack() {
+    let mut t = T::new();
+    let a = t.connect(Some("ann"));
+    let b = t.connect(None);
+    let c = t.connect(None);
+    for x in [a, b, c] {
+        t.join(x, "r");
+    }
+    let ack = t.ask(
+        a,
+        json!({"type":"publish","room":"r","event":"say","data":{"t":"hi"},"id":9}),
+    );
+    assert_eq!(ack, json!({"type":"ack","id":9,"delivered":2,"seq":1}));
+    let got = t.take(b);
+    assert_eq!(
+        got,
+        vec![
+            json!({"type":"message","room":"r","seq":1,"event":"say","from":{"conn":t.hub.connection(a).unwrap().wire_id,"user":"ann"},"data":{"t":"hi"}})
+        ]
+    );
+    assert_eq!(t.take(c).len(), 1);
+    // echo: sender gets it too, before the ack
+    t.send(
+        a,
+        json!({"type":"publish","room":"r","event":"say","echo":true}),
+    );
+    let mine = t.take(a);
+    assert_eq!(mine[0]["type"], "message");
+    assert_eq!(mine[0]["seq"], 2);
+    assert_eq!(mine[0]["data"], Value::Null);
+    assert_eq!(mine[1]["delivered"], 3);
+    assert_eq!(t.take(b)[0]["seq"], 2);
+}
+
+#[test]
+fn publish_requires_membership() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    let e = t.ask(
+        a,
+        json!({"type":"publish","room":"nowhere","event":"e","id":1}),
+    );
+    assert_eq!(code(&e), "not_member");
+    assert_eq!(e["id"], 1);
+    let e = t.ask(a, json!({"type":"leave","room":"nowhere"}));
+    assert_eq!(code(&e), "not_member");
+    assert!(e.get("id").is_none());
+    let e = t.ask(a, json!({"type":"publish","channel":"nowhere","event":"e"}));
+    assert_eq!(code(&e), "not_member");
+}
+
+#[test]
+fn channels_subscribers_and_linked_rooms_receive_once() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    let b = t.connect(None);
+    let c = t.connect(None);
+    t.hub.create_channel("news", &["r1", "r2"]).unwrap();
+    t.join(a, "r1");
+    t.join(a, "r2");
+    t.ask(a, json!({"type":"subscribe","channel":"news"}));
+    t.join(b, "r2");
+    let ack = t.ask(c, json!({"type":"subscribe","channel":"news","id":2}));
+    assert_eq!(ack, json!({"type":"ack","id":2,"channel":"news"}));
+    let ack = t.ask(
+        b,
+        json!({"type":"publish","channel":"news","event":"flash","data":1}),
+    );
+    assert_eq!(ack["delivered"], 2);
+    assert!(ack.get("seq").is_none());
+    let got = t.take(a);
+    assert_eq!(got.len(), 1, "a is reachable three ways and gets it once");
+    assert_eq!(got[0]["channel"], "news");
+    assert!(got[0].get("room").is_none());
+    assert_eq!(t.take(c).len(), 1);
+    // server send reaches all three
+    let d = t.hub.send_to_channel("news", "x", None, &[]).unwrap();
+    assert_eq!(d.delivered, 3);
+    // unsubscribe: c no longer receives; repeated unsubscribe still acked
+    t.drain();
+    for x in [a, b, c] {
+        t.take(x);
+    }
+    t.ask(c, json!({"type":"unsubscribe","channel":"news"}));
+    let again = t.ask(c, json!({"type":"unsubscribe","channel":"news"}));
+    assert_eq!(again["type"], "ack");
+    let e = t.ask(c, json!({"type":"publish","channel":"news","event":"e"}));
+    assert_eq!(code(&e), "not_member");
+    assert_eq!(
+        t.hub
+            .send_to_channel("news", "x", None, &[])
+            .unwrap()
+            .delivered,
+        2
+    );
+    // unlink r2: b is no longer reached
+    t.hub.unlink_room("news", "r2").unwrap();
+    assert_eq!(
+        t.hub
+            .send_to_channel("news", "x", None, &[])
+            .unwrap()
+            .delivered,
+        1
+    );
+}
+
+#[test]
+fn client_created_channel_disappears_with_its_last_subscriber() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    t.ask(a, json!({"type":"subscribe","channel":"topic"}));
+    let again = t.ask(a, json!({"type":"subscribe","channel":"topic"}));
+    assert_eq!(again["type"], "ack");
+    assert_eq!(t.hub.stats().channels, 1);
+    t.ask(a, json!({"type":"unsubscribe","channel":"topic"}));
+    assert_eq!(t.hub.stats().channels, 0);
+}
+
+#[test]
+fn user_targeting_reaches_every_device() {
+    let mut t = T::new();
+    let phone = t.connect(Some("zoe"));
+    let laptop = t.connect(Some("zoe"));
+    let other = t.connect(Some("max"));
+    let ack = t.ask(
+        other,
+        json!({"type":"publish","user":"zoe","event":"dm","data":"hey"}),
+    );
+    assert_eq!(ack["delivered"], 2);
+    assert_eq!(t.take(phone)[0]["user"], "zoe");
+    assert_eq!(t.take(laptop).len(), 1);
+    // to my own other devices: not to the sender unless echo
+    let ack = t.ask(phone, json!({"type":"publish","user":"zoe","event":"sync"}));
+    assert_eq!(ack["delivered"], 1);
+    assert_eq!(t.take(laptop).len(), 1);
+    let ack = t.ask(
+        other,
+        json!({"type":"publish","user":"nobody","event":"dm"}),
+    );
+    assert_eq!(ack["delivered"], 0);
+    assert_eq!(t.hub.stats().users, 2);
+}
+
+#[test]
+fn ping_pong_with_and_without_id() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    t.text(a, r#"{"type":"ping"}"#);
+    let r = t.hub_raw_last(a);
+    assert_eq!(r, r#"{"type":"pong"}"#);
+    let p = t.ask(a, json!({"type":"ping","id":"abc"}));
+    assert_eq!(p, json!({"type":"pong","id":"abc"}));
+    let p = t.ask(a, json!({"id":5,"type":"ping"}));
+    assert_eq!(p, json!({"type":"pong","id":5}));
+}
+
+impl T {
+    /// The raw text of the last message to `id` (checks exact bytes).
+    fn hub_raw_last(&mut self, id: ConnId) -> String {
+        self.take(id);
+        self.raw
+            .remove(&id)
+            .unwrap_or_default()
+            .pop()
+            .expect("a message")
+    }
+}
+
+#[test]
+fn every_error_code_from_the_protocol() {
+    let mut t = T::with(HubConfig {
+        max_rooms_per_conn: 1,
+        max_subscriptions_per_conn: 1,
+        max_room_members: Some(1),
+        ..Default::default()
+    });
+    let a = t.connect(None);
+    let b = t.connect(None);
+    t.text(a, "not json");
+    assert_eq!(code(&t.take(a)[0]), "bad_json");
+    t.text(a, "[]");
+    assert_eq!(code(&t.take(a)[0]), "bad_json");
+    assert_eq!(code(&t.ask(a, json!({"type":"fly"}))), "bad_request");
+    assert_eq!(code(&t.ask(a, json!({"type":"join"}))), "bad_request");
+    assert_eq!(
+        code(&t.ask(a, json!({"type":"join","room":1}))),
+        "bad_request"
+    );
+    assert_eq!(
+        code(&t.ask(a, json!({"type":"join","room":""}))),
+        "bad_name"
+    );
+    t.join(a, "one");
+    assert_eq!(
+        code(&t.ask(a, json!({"type":"join","room":"two"}))),
+        "too_many_rooms"
+    );
+    assert_eq!(
+        code(&t.ask(b, json!({"type":"join","room":"one"}))),
+        "room_full"
+    );
+    t.ask(a, json!({"type":"subscribe","channel":"c1"}));
+    assert_eq!(
+        code(&t.ask(a, json!({"type":"subscribe","channel":"c2"}))),
+        "too_many_subscriptions"
+    );
+    assert_eq!(
+        code(&t.ask(b, json!({"type":"publish","room":"one","event":"e"}))),
+        "not_member"
+    );
+    t.hub.handle_binary(Timestamp(0), a, 3).unwrap();
+    t.drain();
+    assert_eq!(code(&t.take(a)[0]), "unsupported");
+    // no error closed anything
+    assert!(t.closes.is_empty());
+    assert_eq!(t.hub.stats().connections, 2);
+}
+
+#[test]
+fn forbidden_when_clients_may_not_create_rooms() {
+    let mut t = T::with(HubConfig {
+        clients_create_rooms: false,
+        ..Default::default()
+    });
+    let a = t.connect(None);
+    assert_eq!(
+        code(&t.ask(a, json!({"type":"join","room":"new"}))),
+        "forbidden"
+    );
+    t.hub.create_room("new", RoomOptions::default()).unwrap();
+    t.join(a, "new");
+}
+
+#[test]
+fn rate_limit_refuses_then_closes_sustained_abuse() {
+    let mut t = T::with(HubConfig {
+        rate_limit: RateLimit {
+            burst: 3,
+            per_second: 1,
+            grace_ms: 1000,
+        },
+        ..Default::default()
+    });
+    let a = t.connect(None);
+    for _ in 0..3 {
+        assert_eq!(t.ask(a, json!({"type":"ping","id":1}))["type"], "pong");
+    }
+    // bad_json outranks rate_limited
+    t.text(a, "{");
+    assert_eq!(code(&t.take(a)[0]), "bad_json");
+    assert_eq!(
+        code(&t.ask(a, json!({"type":"ping","id":1}))),
+        "rate_limited"
+    );
+    t.now += 999;
+    // a token came back at t=1000 ms... but at 999 none yet
+    assert_eq!(code(&t.ask(a, json!({"type":"ping"}))), "rate_limited");
+    t.now += 1;
+    t.send(a, json!({"type":"ping","id":2}));
+    // one token refilled; the streak continues since the bucket is nearly empty
+    assert_eq!(t.take(a)[0]["type"], "pong");
+    t.send(a, json!({"type":"ping","id":3}));
+    assert!(t
+        .closes
+        .iter()
+        .any(|(c, code, r)| *c == a && *code == 1008 && r.contains("rate")));
+    assert!(t.hub.stats().rate_limited >= 2);
+}
+
+#[test]
+fn slow_consumer_alone_is_closed() {
+    let mut t = T::with(HubConfig {
+        max_buffered_bytes: 1000,
+        ..Default::default()
+    });
+    let publisher = t.connect(None);
+    let fast = t.connect(None);
+    let slow = t.connect(None);
+    for x in [publisher, fast, slow] {
+        t.join(x, "r");
+    }
+    let payload = "x".repeat(200);
+    let mut slow_bytes = 0;
+    for i in 0..10 {
+        t.hub
+            .handle_text(
+                Timestamp(0),
+                publisher,
+                &json!({"type":"publish","room":"r","event":"e","data":payload}).to_string(),
+            )
+            .unwrap();
+        while let Some(o) = t.hub.poll_output() {
+            match o {
+                Output::Send { conn, msg } if conn == slow => slow_bytes += msg.wire_len(),
+                Output::Send { conn, msg } => {
+                    t.hub.handle_flushed(conn, msg.wire_len()).unwrap();
+                    t.inbox
+                        .entry(conn)
+                        .or_default()
+                        .push(serde_json::from_str(msg.text()).unwrap());
+                }
+                Output::Close { conn, code, reason } => t.closes.push((conn, code, reason.into())),
+                _ => {}
+            }
+        }
+        let _ = i;
+    }
+    assert_eq!(t.closes, vec![(slow, 1008, "slow consumer".to_string())]);
+    assert!(slow_bytes > 1000 && slow_bytes < 1500, "{slow_bytes}");
+    assert_eq!(t.take(fast).len(), 10, "the fast reader got everything");
+    assert_eq!(t.hub.stats().slow_consumers, 1);
+    assert_eq!(t.hub.room_size("r"), Some(2));
+}
+
+#[test]
+fn heartbeat_pings_idle_and_reaps_silent_peers_exactly_when_due() {
+    let mut t = T::with(HubConfig {
+        heartbeat: HeartbeatConfig {
+            interval_ms: 1000,
+            timeout_ms: 800,
+            max_missed: 2,
+            server_pings: true,
+        },
+        ..Default::default()
+    });
+    let a = t.connect(None);
+    let b = t.connect(None);
+    assert_eq!(t.hub.poll_timeout(), Some(Timestamp(1000)));
+    t.advance(1000);
+    assert_eq!(t.pings.len(), 2);
+    // b answers at 1500
+    t.now = 1500;
+    t.hub.handle_activity(Timestamp(1500), b).unwrap();
+    t.advance(499);
+    assert!(t.closes.is_empty());
+    t.advance(1); // t = 2000 = a's last_seen (0) + 2 × 1000
+    assert_eq!(t.closes, vec![(a, 1001, "heartbeat timeout".into())]);
+    assert!(t.events.iter().any(|e| matches!(e, Event::Disconnected { conn, reason: DisconnectReason::HeartbeatTimeout, .. } if *conn == a)));
+    // b: last seen 1500; pinged at 2500, dead at 3500
+    t.advance(500);
+    assert!(t.pings.iter().filter(|&&p| p == b).count() >= 2);
+    t.advance(999);
+    assert_eq!(t.closes.len(), 1);
+    t.advance(1);
+    assert_eq!(t.closes.len(), 2);
+    assert_eq!(t.hub.stats().heartbeat_timeouts, 2);
+    // closing slots are freed after the grace period even if the adapter never reports
+    t.advance(10_000);
+    assert!(t.hub.is_empty());
+    assert_eq!(t.hub.poll_timeout(), None);
+}
+
+#[test]
+fn no_server_pings_means_no_timers() {
+    let mut t = T::with(HubConfig {
+        heartbeat: HeartbeatConfig {
+            server_pings: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    t.connect(None);
+    assert_eq!(t.hub.poll_timeout(), None);
+}
+
+#[test]
+fn oversized_text_closes_1009() {
+    let mut t = T::with(HubConfig {
+        max_message_size: 10,
+        ..Default::default()
+    });
+    let a = t.connect(None);
+    t.text(a, r#"{"type":"ping"}"#);
+    assert_eq!(t.closes, vec![(a, 1009, "message too big".into())]);
+}
+
+fn history_hub() -> T {
+    T::with(HubConfig {
+        history: HistoryConfig {
+            max_messages: 3,
+            max_age_ms: 60_000,
+        },
+        heartbeat: HeartbeatConfig {
+            server_pings: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+#[test]
+fn recovery_with_history() {
+    let mut t = history_hub();
+    let a = t.connect(None);
+    let b = t.connect(None);
+    let ack = t.join(a, "r");
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    t.join(b, "r");
+    for i in 0..2 {
+        t.send(a, json!({"type":"publish","room":"r","event":"e","data":i}));
+    }
+    assert_eq!(t.take(b).len(), 2);
+    t.ask(b, json!({"type":"leave","room":"r"}));
+    t.send(a, json!({"type":"publish","room":"r","event":"e","data":2}));
+    // b missed seq 3 only: replayed before the ack, recovered
+    t.send(b, json!({"type":"join","room":"r","since":2,"epoch":epoch}));
+    let got = t.take(b);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["seq"], 3);
+    assert_eq!(got[1]["recovered"], true);
+    assert_eq!(got[1]["seq"], 3);
+    t.ask(b, json!({"type":"leave","room":"r"}));
+    // history holds 3 messages: seq 2..=4 after one more
+    t.send(a, json!({"type":"publish","room":"r","event":"e"}));
+    t.send(b, json!({"type":"join","room":"r","since":0,"epoch":epoch}));
+    let got = t.take(b);
+    assert_eq!(
+        got.len(),
+        1,
+        "history no longer reaches back: nothing replayed"
+    );
+    assert_eq!(got[0]["recovered"], false);
+    t.ask(b, json!({"type":"leave","room":"r"}));
+    // since beyond the latest: nothing, false
+    t.send(
+        b,
+        json!({"type":"join","room":"r","since":99,"epoch":epoch}),
+    );
+    assert_eq!(t.take(b)[0]["recovered"], false);
+    t.ask(b, json!({"type":"leave","room":"r"}));
+    // up to date: true, nothing replayed
+    t.send(b, json!({"type":"join","room":"r","since":4,"epoch":epoch}));
+    assert_eq!(t.take(b), vec![t.take_last_ack_like(&epoch, 4, 2)]);
+}
+
+impl T {
+    fn take_last_ack_like(&self, epoch: &str, seq: u64, members: u64) -> Value {
+        json!({"type":"ack","room":"r","members":members,"epoch":epoch,"seq":seq,"recovered":true})
+    }
+}
+
+#[test]
+fn wrong_epoch_replays_from_seq_one_if_kept() {
+    let mut t = history_hub();
+    let a = t.connect(None);
+    t.join(a, "r");
+    t.send(a, json!({"type":"publish","room":"r","event":"e"}));
+    let b = t.connect(None);
+    t.send(b, json!({"type":"join","room":"r","since":5,"epoch":"old"}));
+    let got = t.take(b);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["seq"], 1);
+    assert_eq!(got[1]["recovered"], false);
+}
+
+#[test]
+fn room_outlives_members_for_history_age_then_goes() {
+    let mut t = history_hub();
+    let a = t.connect(None);
+    let ack = t.join(a, "r");
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    t.send(a, json!({"type":"publish","room":"r","event":"e"}));
+    t.take(a);
+    t.ask(a, json!({"type":"leave","room":"r"}));
+    assert_eq!(t.hub.stats().rooms, 1);
+    t.advance(30_000);
+    let ack = t.join(a, "r");
+    assert_eq!(ack["epoch"], epoch.as_str());
+    assert_eq!(ack["seq"], 1);
+    t.ask(a, json!({"type":"leave","room":"r"}));
+    t.advance(60_000);
+    assert_eq!(t.hub.stats().rooms, 0);
+    let ack = t.join(a, "r");
+    assert_ne!(ack["epoch"], epoch.as_str(), "a new room gets a new epoch");
+    assert_eq!(ack["seq"], 0);
+}
+
+#[test]
+fn rooms_without_history_vanish_when_empty() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    t.join(a, "r");
+    t.ask(a, json!({"type":"leave","room":"r"}));
+    assert_eq!(t.hub.stats().rooms, 0);
+    t.hub
+        .create_room(
+            "kept",
+            RoomOptions {
+                data: Some(RawValue::from_string("{\"topic\":1}".into()).unwrap()),
+                max_members: None,
+            },
+        )
+        .unwrap();
+    t.join(a, "kept");
+    t.ask(a, json!({"type":"leave","room":"kept"}));
+    assert_eq!(t.hub.room_data("kept").unwrap().get(), "{\"topic\":1}");
+    t.hub.remove_room("kept").unwrap();
+    assert!(t.hub.is_empty() || t.hub.stats().rooms == 0);
+}
+
+#[test]
+fn server_api_sends_and_membership() {
+    let mut t = T::new();
+    let a = t.connect(Some("u"));
+    let b = t.connect(None);
+    t.hub.join(a, "r", false).unwrap();
+    t.hub.join(b, "r", false).unwrap();
+    assert!(t.hub.is_member(a, "r"));
+    assert_eq!(t.hub.room_members("r").len(), 2);
+    let d = t.hub.send_to_room("r", "news", None, &[b]).unwrap();
+    assert_eq!(
+        d,
+        Delivery {
+            delivered: 1,
+            seq: Some(1)
+        }
+    );
+    t.drain();
+    let m = t.take(a);
+    assert_eq!(m[0]["from"], Value::Null);
+    assert!(t.take(b).is_empty());
+    assert_eq!(t.hub.broadcast("all", None, &[]).unwrap().delivered, 2);
+    t.drain();
+    let m = t.take(a);
+    assert!(
+        m[0].get("room").is_none() && m[0].get("channel").is_none() && m[0].get("user").is_none()
+    );
+    assert_eq!(
+        t.hub.send_to_user("u", "dm", None, &[]).unwrap().delivered,
+        1
+    );
+    assert_eq!(t.hub.send_to_conn(b, "only", None).unwrap().delivered, 1);
+    t.hub.leave_all(a).unwrap();
+    assert!(t.hub.rooms_of(a).is_empty());
+    t.hub.disconnect(b, 4000, "bye").unwrap();
+    t.drain();
+    assert_eq!(t.closes, vec![(b, 4000, "bye".into())]);
+    assert_eq!(t.hub.stats().connections, 1);
+    assert!(t.hub.send_to_room("nope", "e", None, &[]).is_err());
+    assert_eq!(
+        t.hub.send_to_room("r", "", None, &[]),
+        Err(HubError::BadName)
+    );
+}
+
+#[test]
+fn shutdown_closes_everyone_1001() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    let b = t.connect(None);
+    t.hub.shutdown();
+    t.drain();
+    let mut codes: Vec<_> = t.closes.iter().map(|(c, code, _)| (*c, *code)).collect();
+    codes.sort();
+    let mut want = vec![(a, 1001), (b, 1001)];
+    want.sort();
+    assert_eq!(codes, want);
+}
+
+#[test]
+fn snapshot_restore_keeps_rooms_users_and_seq() {
+    let mut t = history_hub();
+    let a = t.connect(Some("ann"));
+    let b = t.connect(None);
+    t.ask(a, json!({"type":"join","room":"r","presence":true}));
+    t.join(b, "r");
+    t.ask(b, json!({"type":"subscribe","channel":"c"}));
+    t.hub.create_channel("linked", &["r"]).unwrap();
+    t.send(a, json!({"type":"publish","room":"r","event":"e"}));
+    let snaps: Vec<ConnSnapshot> = [a, b]
+        .iter()
+        .map(|&x| t.hub.snapshot_conn(x).unwrap())
+        .collect();
+    for s in &snaps {
+        let j = s.to_json();
+        assert!(j.len() < 2048);
+        assert_eq!(&ConnSnapshot::from_json(&j).unwrap(), s);
+    }
+    let rooms = vec![t.hub.snapshot_room("r").unwrap()];
+    let channels = t.hub.snapshot_channels();
+    let mut r = T::with(t.hub.config().clone());
+    r.hub = Hub::restore(
+        t.hub.config().clone(),
+        [9; 32],
+        Timestamp(100),
+        rooms,
+        channels,
+        snaps,
+    );
+    r.hub.check_invariants();
+    assert_eq!(r.hub.stats().connections, 2);
+    assert!(r.hub.is_member(a, "r"));
+    assert_eq!(r.hub.user_connections("ann"), &[a]);
+    r.now = 100;
+    let ack = r.ask(a, json!({"type":"publish","room":"r","event":"e"}));
+    assert_eq!(ack["seq"], 2, "seq continues");
+    assert_eq!(r.take(b)[0]["seq"], 2);
+    assert_eq!(
+        r.hub
+            .send_to_channel("linked", "x", None, &[])
+            .unwrap()
+            .delivered,
+        2
+    );
+    // new connections get fresh ids
+    let c = r.connect(None);
+    assert!(c != a && c != b);
+    // history survived: a rejoin from seq 0 of the same epoch recovers
+    let epoch = r.hub.room_position("r").unwrap().0.to_owned();
+    r.send(c, json!({"type":"join","room":"r","since":0,"epoch":epoch}));
+    let got = r.take(c);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2]["recovered"], true);
+}
+
+#[test]
+fn backplane_forwards_local_publishes_only() {
+    let cfg = HubConfig {
+        backplane: true,
+        ..Default::default()
+    };
+    let mut n1 = T::with(cfg.clone());
+    let mut n2 = T::with(cfg);
+    let a = n1.connect(None);
+    let b = n2.connect(None);
+    n1.join(a, "r");
+    n2.join(b, "r");
+    n1.send(
+        a,
+        json!({"type":"publish","room":"r","event":"e","data":[1]}),
+    );
+    assert_eq!(n1.forwards.len(), 1);
+    let f = n1.forwards[0].clone();
+    n2.hub.handle_remote(Timestamp(0), 1, &f);
+    n2.drain();
+    let got = n2.take(b);
+    assert_eq!(got[0]["data"], json!([1]));
+    assert_eq!(
+        got[0]["from"]["conn"],
+        n1.hub.connection(a).unwrap().wire_id
+    );
+    assert!(
+        n2.forwards.is_empty(),
+        "remote deliveries are not forwarded again"
+    );
+}
+
+#[test]
+fn memory_returns_to_empty() {
+    let mut t = T::new();
+    let ids: Vec<ConnId> = (0..20)
+        .map(|i| t.connect(Some(&format!("u{}", i % 3))))
+        .collect();
+    for (i, &id) in ids.iter().enumerate() {
+        t.join(id, &format!("room{}", i % 4));
+        t.send(
+            id,
+            json!({"type":"subscribe","channel":format!("ch{}", i % 5)}),
+        );
+    }
+    for id in ids {
+        t.hub
+            .handle_disconnect(
+                Timestamp(0),
+                id,
+                DisconnectReason::Closed { code: Some(1000) },
+            )
+            .unwrap();
+        t.drain();
+        t.hub.check_invariants();
+    }
+    assert!(t.hub.is_empty());
+}

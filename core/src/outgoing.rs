@@ -1,0 +1,107 @@
+//! Server-to-client messages encoded once and shared by reference.
+//!
+//! A room message is byte-identical for every receiver (server frames are unmasked), so
+//! the hub serializes the JSON once, writes the WebSocket frame header in front of it in
+//! the same buffer, and hands every receiver a refcounted clone. Adapters that frame
+//! themselves (Durable Object, browser) take [`Outgoing::text`]; the native server writes
+//! [`Outgoing::frame`] straight to the socket.
+
+use bytes::Bytes;
+
+use crate::frame::{encode_header, OpCode, MAX_HEADER_LEN, MAX_SERVER_HEADER_LEN};
+
+/// One encoded text message: a complete unmasked WebSocket frame whose payload is JSON.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    frame: Bytes,
+    header_len: u8,
+}
+
+impl Outgoing {
+    /// Encodes a message by letting `write` append its JSON text to a buffer that already
+    /// has room for the frame header in front, so the payload is never copied.
+    pub(crate) fn build(write: impl FnOnce(&mut Vec<u8>)) -> Outgoing {
+        let mut buf = Vec::with_capacity(128);
+        buf.resize(MAX_SERVER_HEADER_LEN, 0);
+        write(&mut buf);
+        debug_assert!(std::str::from_utf8(&buf[MAX_SERVER_HEADER_LEN..]).is_ok());
+        let payload_len = (buf.len() - MAX_SERVER_HEADER_LEN) as u64;
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut header, true, OpCode::Text, None, payload_len);
+        let start = MAX_SERVER_HEADER_LEN - n;
+        buf[start..MAX_SERVER_HEADER_LEN].copy_from_slice(&header[..n]);
+        let frame = Bytes::from(buf).slice(start..);
+        Outgoing {
+            frame,
+            header_len: n as u8,
+        }
+    }
+
+    /// Wraps JSON text the caller already has (tests, replays from storage).
+    pub fn from_text(text: &str) -> Outgoing {
+        Outgoing::build(|b| b.extend_from_slice(text.as_bytes()))
+    }
+
+    /// The whole frame (header + payload), ready for a socket: shared, never copied.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    /// The JSON payload, for runtimes that do their own framing.
+    pub fn text(&self) -> &str {
+        let payload = &self.frame[self.header_len as usize..];
+        // Built only from `&str` pieces and serde_json output, so always UTF-8; the
+        // check is cheap next to a socket write and keeps the crate free of `unsafe`.
+        std::str::from_utf8(payload).expect("Outgoing payloads are built from UTF-8 text")
+    }
+
+    /// The JSON payload as shared bytes.
+    pub fn payload(&self) -> Bytes {
+        self.frame.slice(self.header_len as usize..)
+    }
+
+    /// Bytes this message occupies on the wire (what counts against a receiver's
+    /// unsent-bytes budget).
+    pub fn wire_len(&self) -> usize {
+        self.frame.len()
+    }
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Outgoing").field(&self.text()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_is_header_plus_payload() {
+        let m = Outgoing::from_text(r#"{"type":"pong"}"#);
+        assert_eq!(m.frame()[0], 0x81);
+        assert_eq!(m.frame()[1] as usize, m.text().len());
+        assert_eq!(&m.frame()[2..], m.text().as_bytes());
+        assert_eq!(m.wire_len(), 2 + 15);
+    }
+
+    #[test]
+    fn medium_and_large_lengths() {
+        let big = "x".repeat(300);
+        let m = Outgoing::from_text(&big);
+        assert_eq!(&m.frame()[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(m.payload().len(), 300);
+        let huge = "y".repeat(70_000);
+        let m = Outgoing::from_text(&huge);
+        assert_eq!(m.frame()[1], 127);
+        assert_eq!(m.wire_len(), 70_000 + 10);
+    }
+
+    #[test]
+    fn clones_share_the_buffer() {
+        let m = Outgoing::from_text("{}");
+        let c = m.clone();
+        assert_eq!(m.frame().as_ptr(), c.frame().as_ptr());
+    }
+}
