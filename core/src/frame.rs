@@ -423,6 +423,9 @@ mod tests {
         ])
     }
 
+    /// (fin, opcode, mask, unmasked payload)
+    type TestFrame = (bool, OpCode, Option<[u8; 4]>, Vec<u8>);
+
     /// Payloads around every length-encoding boundary, filled cheaply from a seed
     /// (generating 64 KiB byte by byte would make the test crawl).
     fn arb_payload() -> impl Strategy<Value = Vec<u8>> {
@@ -443,7 +446,7 @@ mod tests {
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
         ) {
             // Control frames must be FIN and ≤125 bytes: shape the generated ones to fit.
-            let frames: Vec<(bool, OpCode, Option<[u8; 4]>, Vec<u8>)> = frames
+            let frames: Vec<TestFrame> = frames
                 .into_iter()
                 .map(|(fin, op, mask, mut payload)| {
                     if op.is_control() {

@@ -94,7 +94,8 @@ mod tests {
         assert_eq!(b.take(&l, Timestamp(0)), Verdict::Refuse);
         assert_eq!(b.take(&l, Timestamp(499)), Verdict::Refuse);
         assert_eq!(b.take(&l, Timestamp(500)), Verdict::Allow);
-        assert_eq!(b.limited_since, None);
+        // the bucket is empty again: the streak of refusals goes on
+        assert_eq!(b.limited_since, Some(Timestamp(0)));
     }
 
     #[test]

@@ -1358,6 +1358,7 @@ impl Hub {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn publish_room(
         &mut self,
         from: Option<&[u8]>,

@@ -1,6 +1,6 @@
 //! Hub unit tests: protocol behaviour from PROTOCOL.md, one rule at a time, no I/O.
 
-use std::collections::HashMap;
+use crate::hash::Map as HashMap;
 
 use serde_json::{json, Value};
 
@@ -27,12 +27,12 @@ impl T {
         T {
             hub: Hub::new(config, [7; 32], Timestamp(0)),
             now: 0,
-            inbox: HashMap::new(),
+            inbox: HashMap::default(),
             closes: Vec::new(),
             pings: Vec::new(),
             events: Vec::new(),
             forwards: Vec::new(),
-            raw: HashMap::new(),
+            raw: HashMap::default(),
         }
     }
 
