@@ -1,9 +1,73 @@
 //! # roomcast-core
 //!
-//! The sans-IO heart of roomcast. (Crate docs with the run loop are completed in hub work.)
+//! The sans-IO heart of roomcast: every decision about WebSocket framing, who receives a
+//! message, when a connection is dead and what a bad request gets is made here, once,
+//! and shared by the native server (tokio), the Cloudflare Durable Object and the
+//! browser client. Nothing in this crate touches a socket, reads a clock, spawns a
+//! thread or draws ambient randomness: bytes, messages and the current time go in;
+//! bytes to send, closes, events and the next deadline come out. That is what lets the
+//! same code run on wasm32, survive Durable Object hibernation, and be tested by a
+//! deterministic simulation instead of sleeps.
+//!
+//! Three machines:
+//! - [`connection::Connection`]: RFC 6455 frames in both roles (bytes ↔ messages), with
+//!   the handshake in [`handshake`]. Used natively; workerd and browsers frame for us.
+//! - [`Hub`]: rooms, channels, users, the JSON protocol, heartbeats and limits
+//!   (messages ↔ routing). Used by every server runtime.
+//! - [`client::Client`]: the reconnecting client (backoff, rejoin with recovery, offline
+//!   queue, heartbeat), used by the browser package and the native client.
+//!
+//! ## The run loop
+//!
+//! Feed an input, drain every output, then arm one timer for `poll_timeout()`:
+//!
+//! ```
+//! use roomcast_core::hub::{ConnectRequest, DisconnectReason};
+//! use roomcast_core::{Hub, HubConfig, Output, Timestamp};
+//!
+//! let mut hub = Hub::new(HubConfig::default(), [42; 32], Timestamp(0));
+//! let alice = hub.connect(Timestamp(0), ConnectRequest::default()).unwrap();
+//! let bob = hub.connect(Timestamp(0), ConnectRequest::default()).unwrap();
+//!
+//! // 1. handle an input (here: text messages the adapter decoded)
+//! hub.handle_text(Timestamp(5), alice, r#"{"type":"join","room":"lobby"}"#).unwrap();
+//! hub.handle_text(Timestamp(6), bob, r#"{"type":"join","room":"lobby"}"#).unwrap();
+//! hub.handle_text(Timestamp(7), alice,
+//!     r#"{"type":"publish","room":"lobby","event":"say","data":"hi"}"#).unwrap();
+//!
+//! // 2. drain outputs until None
+//! let mut to_bob = Vec::new();
+//! while let Some(out) = hub.poll_output() {
+//!     match out {
+//!         Output::Send { conn, msg } => {
+//!             // native: write msg.frame() to the socket; elsewhere send msg.text()
+//!             if conn == bob { to_bob.push(msg.text().to_owned()); }
+//!             hub.handle_flushed(conn, msg.wire_len()).unwrap();
+//!         }
+//!         Output::Ping { .. } => { /* send a WebSocket ping */ }
+//!         Output::Close { conn, .. } => {
+//!             // send the close frame, drop the socket, then report it:
+//!             hub.handle_disconnect(Timestamp(7), conn, DisconnectReason::Closed { code: None }).unwrap();
+//!         }
+//!         Output::Event(_) | Output::Forward(_) => {}
+//!     }
+//! }
+//! assert!(to_bob.last().unwrap().contains(r#""data":"hi""#));
+//!
+//! // 3. arm one timer for the next deadline; call handle_timeout when it fires
+//! if let Some(deadline) = hub.poll_timeout() {
+//!     hub.handle_timeout(deadline);
+//! }
+//! ```
+//!
+//! The order matters only in one way: outputs reflect every input handled so far, and
+//! `poll_timeout()` is level state, valid after the outputs are drained. Handling an
+//! input never blocks and never fails because of what a peer sent: peer faults become
+//! `error` replies or [`Output::Close`]; `Err` means the caller passed an unknown id.
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod close;
 pub mod connection;
 pub mod frame;

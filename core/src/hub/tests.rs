@@ -932,3 +932,108 @@ fn memory_returns_to_empty() {
     }
     assert!(t.hub.is_empty());
 }
+
+mod membership_props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect(u8),
+        Disconnect(u8),
+        Join(u8, u8, bool),
+        Leave(u8, u8),
+        LeaveAll(u8),
+        Subscribe(u8, u8),
+        Unsubscribe(u8, u8),
+        Link(u8, u8),
+        Unlink(u8, u8),
+        Kick(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4).prop_map(Op::Connect),
+            (0u8..16).prop_map(Op::Disconnect),
+            (0u8..16, 0u8..5, any::<bool>()).prop_map(|(c, r, p)| Op::Join(c, r, p)),
+            (0u8..16, 0u8..5).prop_map(|(c, r)| Op::Leave(c, r)),
+            (0u8..16).prop_map(Op::LeaveAll),
+            (0u8..16, 0u8..3).prop_map(|(c, ch)| Op::Subscribe(c, ch)),
+            (0u8..16, 0u8..3).prop_map(|(c, ch)| Op::Unsubscribe(c, ch)),
+            (0u8..3, 0u8..5).prop_map(|(ch, r)| Op::Link(ch, r)),
+            (0u8..3, 0u8..5).prop_map(|(ch, r)| Op::Unlink(ch, r)),
+            (0u8..16).prop_map(Op::Kick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Random server-side operations keep every index consistent with a plain model
+        /// of who is where, and the hub empties when everyone leaves.
+        #[test]
+        fn indexes_match_a_model(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut t = T::new();
+            let mut conns: Vec<ConnId> = Vec::new();
+            let mut rooms: BTreeMap<String, BTreeSet<ConnId>> = BTreeMap::new();
+            let pick = |conns: &Vec<ConnId>, i: u8| -> Option<ConnId> {
+                if conns.is_empty() { None } else { Some(conns[i as usize % conns.len()]) }
+            };
+            for op in ops {
+                match op {
+                    Op::Connect(u) => conns.push(t.connect(Some(&format!("u{u}")))),
+                    Op::Disconnect(i) => if let Some(c) = pick(&conns, i) {
+                        t.hub.handle_disconnect(Timestamp(0), c, DisconnectReason::Closed { code: None }).unwrap();
+                        conns.retain(|x| *x != c);
+                        for m in rooms.values_mut() { m.remove(&c); }
+                    },
+                    Op::Kick(i) => if let Some(c) = pick(&conns, i) {
+                        t.hub.disconnect(c, 4000, "kick").unwrap();
+                        t.hub.handle_disconnect(Timestamp(0), c, DisconnectReason::Kicked { code: 4000 }).unwrap();
+                        conns.retain(|x| *x != c);
+                        for m in rooms.values_mut() { m.remove(&c); }
+                    },
+                    Op::Join(i, r, p) => if let Some(c) = pick(&conns, i) {
+                        t.hub.join(c, &format!("r{r}"), p).unwrap();
+                        rooms.entry(format!("r{r}")).or_default().insert(c);
+                    },
+                    Op::Leave(i, r) => if let Some(c) = pick(&conns, i) {
+                        let was = rooms.get_mut(&format!("r{r}")).is_some_and(|m| m.remove(&c));
+                        prop_assert_eq!(t.hub.leave(c, &format!("r{r}")).is_ok(), was);
+                    },
+                    Op::LeaveAll(i) => if let Some(c) = pick(&conns, i) {
+                        t.hub.leave_all(c).unwrap();
+                        for m in rooms.values_mut() { m.remove(&c); }
+                    },
+                    Op::Subscribe(i, ch) => if let Some(c) = pick(&conns, i) {
+                        t.hub.subscribe(c, &format!("c{ch}")).unwrap();
+                    },
+                    Op::Unsubscribe(i, ch) => if let Some(c) = pick(&conns, i) {
+                        let _ = t.hub.unsubscribe(c, &format!("c{ch}"));
+                    },
+                    Op::Link(ch, r) => {
+                        t.hub.create_channel(&format!("c{ch}"), &[&format!("r{r}")]).unwrap();
+                    }
+                    Op::Unlink(ch, r) => {
+                        let _ = t.hub.unlink_room(&format!("c{ch}"), &format!("r{r}"));
+                    }
+                }
+                t.drain();
+                t.hub.check_invariants();
+                for (room, members) in &rooms {
+                    let mut got = t.hub.room_members(room);
+                    got.sort();
+                    let want: Vec<ConnId> = members.iter().copied().collect();
+                    prop_assert_eq!(got, want, "room {}", room);
+                }
+            }
+            for c in conns {
+                t.hub.handle_disconnect(Timestamp(0), c, DisconnectReason::Closed { code: None }).unwrap();
+                t.drain();
+            }
+            t.hub.check_invariants();
+            prop_assert_eq!(t.hub.stats().connections, 0);
+            prop_assert_eq!(t.hub.stats().users, 0);
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Client machine unit tests: scripted server messages, virtual time.
+
+use super::*;
+
+fn client() -> Client {
+    Client::new(
+        ClientConfig {
+            url: "ws://x/ws".into(),
+            ..Default::default()
+        },
+        [3; 32],
+        Timestamp(0),
+    )
+}
+
+fn drain(c: &mut Client) -> Vec<ClientOutput> {
+    std::iter::from_fn(|| c.poll_output()).collect()
+}
+
+fn sent(outs: &[ClientOutput]) -> Vec<serde_json::Value> {
+    outs.iter()
+        .filter_map(|o| match o {
+            ClientOutput::Send { text, .. } => Some(serde_json::from_str(text).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn welcome(c: &mut Client, now: u64) -> Vec<ClientOutput> {
+    let socket = c.socket;
+    c.handle_open(Timestamp(now), socket);
+    c.handle_message(
+        Timestamp(now),
+        socket,
+        r#"{"type":"welcome","conn":"c1","user":null,"heartbeat":{"interval_ms":1000,"timeout_ms":500}}"#,
+    );
+    drain(c)
+}
+
+#[test]
+fn connects_then_opens_on_welcome() {
+    let mut c = client();
+    let outs = drain(&mut c);
+    assert_eq!(
+        outs[0],
+        ClientOutput::Connect {
+            socket: 1,
+            url: "ws://x/ws".into()
+        }
+    );
+    let outs = welcome(&mut c, 10);
+    assert!(outs.contains(&ClientOutput::Event(ClientEvent::State(ClientState::Open))));
+    assert_eq!(c.state(), &ClientState::Open);
+}
+
+#[test]
+fn backoff_full_jitter_within_bounds_and_capped() {
+    let mut c = client();
+    drain(&mut c);
+    let mut now = 0;
+    let mut delays = Vec::new();
+    for attempt in 1..=12u32 {
+        let s = c.socket;
+        c.handle_close(Timestamp(now), s, Some(1006));
+        let outs = drain(&mut c);
+        let delay = outs
+            .iter()
+            .find_map(|o| match o {
+                ClientOutput::Event(ClientEvent::State(ClientState::Reconnecting {
+                    attempt: a,
+                    delay_ms,
+                })) => {
+                    assert_eq!(*a, attempt);
+                    Some(*delay_ms)
+                }
+                _ => None,
+            })
+            .expect("reconnecting state");
+        let cap = (500u64 << (attempt - 1)).min(30_000);
+        assert!(delay <= cap, "attempt {attempt}: {delay} > {cap}");
+        delays.push(delay);
+        assert_eq!(c.poll_timeout(), Some(Timestamp(now + delay)));
+        now += delay;
+        c.handle_timeout(Timestamp(now));
+        let outs = drain(&mut c);
+        assert!(matches!(outs[0], ClientOutput::Connect { .. }));
+    }
+    assert!(delays[0] <= 500, "first retry within 0.5 s");
+    assert!(delays.iter().any(|&d| d > 500), "backoff grows: {delays:?}");
+}
+
+#[test]
+fn stable_connection_resets_backoff() {
+    let mut c = client();
+    drain(&mut c);
+    for _ in 0..5 {
+        let s = c.socket;
+        c.handle_close(Timestamp(0), s, None);
+        let t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+    }
+    drain(&mut c);
+    let now = c.poll_timeout().map_or(0, |t| t.0);
+    welcome(&mut c, now);
+    let later = now + 20_000;
+    // keep the heartbeat alive
+    let s = c.socket;
+    c.handle_message(Timestamp(later), s, r#"{"type":"pong"}"#);
+    c.handle_close(Timestamp(later), s, Some(1001));
+    let outs = drain(&mut c);
+    assert!(outs.iter().any(|o| matches!(o, ClientOutput::Event(ClientEvent::State(ClientState::Reconnecting { attempt: 1, delay_ms })) if *delay_ms <= 500)));
+}
+
+#[test]
+fn no_retry_after_1008_1009_or_close() {
+    for code in [1008u16, 1009] {
+        let mut c = client();
+        welcome(&mut c, 0);
+        let s = c.socket;
+        c.handle_close(Timestamp(1), s, Some(code));
+        assert_eq!(c.state(), &ClientState::Closed { code: Some(code) });
+        assert_eq!(c.poll_timeout(), None);
+    }
+    let mut c = client();
+    welcome(&mut c, 0);
+    c.close();
+    let outs = drain(&mut c);
+    assert!(matches!(outs[0], ClientOutput::Close { code: 1000, .. }));
+    assert_eq!(c.poll_timeout(), None);
+    assert_eq!(c.join("r", false), Err(ClientError::Closed));
+}
+
+#[test]
+fn heartbeat_pings_and_detects_dead_connection() {
+    let mut c = client();
+    welcome(&mut c, 0);
+    assert_eq!(c.poll_timeout(), Some(Timestamp(1000)));
+    c.handle_timeout(Timestamp(1000));
+    let outs = drain(&mut c);
+    assert_eq!(
+        outs,
+        vec![ClientOutput::Send {
+            socket: 1,
+            text: r#"{"type":"ping"}"#.into()
+        }]
+    );
+    // pong arrives: alive
+    c.handle_message(Timestamp(1200), 1, r#"{"type":"pong"}"#);
+    assert_eq!(c.poll_timeout(), Some(Timestamp(2000)));
+    c.handle_timeout(Timestamp(2000));
+    drain(&mut c);
+    // silence for timeout_ms: dead → close + reconnect
+    c.handle_timeout(Timestamp(2500));
+    let outs = drain(&mut c);
+    assert!(
+        matches!(&outs[0], ClientOutput::Close { socket: 1, reason, .. } if reason == "heartbeat timeout")
+    );
+    assert!(matches!(c.state(), ClientState::Reconnecting { .. }));
+    // a late message on the dead socket is ignored
+    c.handle_message(
+        Timestamp(2600),
+        1,
+        r#"{"type":"message","room":"r","seq":1,"event":"e","from":null,"data":1}"#,
+    );
+    assert!(drain(&mut c).is_empty());
+}
+
+#[test]
+fn rejoins_with_since_resubscribes_then_flushes_queue() {
+    let mut c = client();
+    welcome(&mut c, 0);
+    let j = c.join("r", true).unwrap();
+    let outs = drain(&mut c);
+    assert_eq!(
+        sent(&outs),
+        vec![serde_json::json!({"type":"join","room":"r","id":j,"presence":true})]
+    );
+    c.handle_message(
+        Timestamp(1),
+        1,
+        &format!(r#"{{"type":"ack","id":{j},"room":"r","members":1,"epoch":"E","seq":4}}"#),
+    );
+    c.subscribe("ch").unwrap();
+    c.handle_message(
+        Timestamp(1),
+        1,
+        r#"{"type":"message","room":"r","seq":5,"event":"e","from":null,"data":{"x":1}}"#,
+    );
+    let outs = drain(&mut c);
+    assert!(outs.iter().any(
+        |o| matches!(o, ClientOutput::Event(ClientEvent::Message(m)) if m.data == r#"{"x":1}"#)
+    ));
+    assert_eq!(c.last_seq("r"), Some(5));
+    // connection drops; publish while offline
+    c.handle_close(Timestamp(2), 1, Some(1006));
+    let p = c
+        .publish(
+            PublishTarget::Room("r".into()),
+            "say",
+            Some("\"hi\""),
+            false,
+        )
+        .unwrap();
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    drain(&mut c);
+    let outs = welcome(&mut c, t.0);
+    let s = sent(&outs);
+    assert_eq!(s[0]["type"], "join");
+    assert_eq!(s[0]["since"], 5);
+    assert_eq!(s[0]["epoch"], "E");
+    assert_eq!(s[0]["presence"], true);
+    assert_eq!(s[1]["type"], "subscribe");
+    assert_eq!(s[2]["type"], "publish");
+    assert_eq!(s[2]["id"], p);
+    assert_eq!(s[2]["data"], "hi");
+    // replay overlaps what we saw: seq 5 again and 6 new, held until the ack
+    let sock = c.socket;
+    let jid = s[0]["id"].as_u64().unwrap();
+    for seq in [5, 6] {
+        c.handle_message(Timestamp(t.0), sock, &format!(r#"{{"type":"message","room":"r","seq":{seq},"event":"e","from":null,"data":{seq}}}"#));
+    }
+    assert!(drain(&mut c).is_empty(), "held until the join ack");
+    c.handle_message(Timestamp(t.0), sock, &format!(r#"{{"type":"ack","id":{jid},"room":"r","members":1,"epoch":"E","seq":6,"recovered":true}}"#));
+    let outs = drain(&mut c);
+    let msgs: Vec<&Message> = outs
+        .iter()
+        .filter_map(|o| match o {
+            ClientOutput::Event(ClientEvent::Message(m)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(msgs.len(), 1, "seq 5 was already delivered");
+    assert_eq!(msgs[0].data, "6");
+    assert!(outs.contains(&ClientOutput::Event(ClientEvent::Recovered {
+        room: "r".into(),
+        recovered: true
+    })));
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, ClientOutput::Event(ClientEvent::Ack { id, .. }) if *id == jid)),
+        "internal rejoin acks are not surfaced"
+    );
+}
+
+#[test]
+fn new_epoch_restarts_seqs() {
+    let mut c = client();
+    welcome(&mut c, 0);
+    let j = c.join("r", false).unwrap();
+    c.handle_message(
+        Timestamp(1),
+        1,
+        &format!(r#"{{"type":"ack","id":{j},"room":"r","members":1,"epoch":"E1","seq":9}}"#),
+    );
+    c.handle_close(Timestamp(2), 1, None);
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    drain(&mut c);
+    let outs = welcome(&mut c, t.0);
+    let jid = sent(&outs)[0]["id"].as_u64().unwrap();
+    let s = c.socket;
+    c.handle_message(
+        Timestamp(t.0),
+        s,
+        r#"{"type":"message","room":"r","seq":1,"event":"e","from":null,"data":1}"#,
+    );
+    c.handle_message(Timestamp(t.0), s, &format!(r#"{{"type":"ack","id":{jid},"room":"r","members":1,"epoch":"E2","seq":1,"recovered":false}}"#));
+    let outs = drain(&mut c);
+    assert!(outs.iter().any(|o| matches!(o, ClientOutput::Event(ClientEvent::Message(m)) if m.via == Via::Room { room: "r".into(), seq: 1 })));
+    assert!(outs.contains(&ClientOutput::Event(ClientEvent::Recovered {
+        room: "r".into(),
+        recovered: false
+    })));
+    assert_eq!(c.last_seq("r"), Some(1));
+}
+
+#[test]
+fn offline_queue_drops_oldest_with_count() {
+    let mut c = Client::new(
+        ClientConfig {
+            url: "ws://x".into(),
+            offline_queue: 2,
+            ..Default::default()
+        },
+        [1; 32],
+        Timestamp(0),
+    );
+    drain(&mut c);
+    let ids: Vec<u64> = (0..3)
+        .map(|i| {
+            c.publish(
+                PublishTarget::Channel("c".into()),
+                "e",
+                Some(&i.to_string()),
+                false,
+            )
+            .unwrap()
+        })
+        .collect();
+    let outs = drain(&mut c);
+    assert!(outs.contains(&ClientOutput::Event(ClientEvent::Dropped { total: 1 })));
+    assert!(outs.iter().any(|o| matches!(o, ClientOutput::Event(ClientEvent::Error { id: Some(i), code, .. }) if *i == ids[0] && code == "dropped")));
+    let outs = welcome(&mut c, 5);
+    let s = sent(&outs);
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0]["id"], ids[1]);
+    assert_eq!(s[1]["id"], ids[2]);
+}
+
+#[test]
+fn ack_timeout_yields_error() {
+    let mut c = client();
+    welcome(&mut c, 0);
+    let id = c
+        .publish(PublishTarget::User("u".into()), "e", None, false)
+        .unwrap();
+    drain(&mut c);
+    // keep the heartbeat happy meanwhile
+    c.handle_message(Timestamp(900), 1, r#"{"type":"pong"}"#);
+    c.handle_timeout(Timestamp(10_000));
+    let outs = drain(&mut c);
+    assert!(outs.iter().any(|o| matches!(o, ClientOutput::Event(ClientEvent::Error { id: Some(i), code, .. }) if *i == id && code == "timeout")));
+}
+
+#[test]
+fn server_errors_are_matched_to_requests() {
+    let mut c = client();
+    welcome(&mut c, 0);
+    let id = c
+        .publish(PublishTarget::Room("r".into()), "e", None, false)
+        .unwrap();
+    drain(&mut c);
+    c.handle_message(
+        Timestamp(1),
+        1,
+        &format!(r#"{{"type":"error","id":{id},"code":"not_member","message":"no"}}"#),
+    );
+    let outs = drain(&mut c);
+    assert_eq!(
+        outs,
+        vec![ClientOutput::Event(ClientEvent::Error {
+            id: Some(id),
+            code: "not_member".into(),
+            message: "no".into()
+        })]
+    );
+    assert_eq!(
+        c.poll_timeout(),
+        Some(Timestamp(1000)),
+        "only the heartbeat remains"
+    );
+}
+
+#[test]
+fn bad_input_from_the_caller_is_refused() {
+    let mut c = client();
+    assert_eq!(c.join("", false), Err(ClientError::BadName));
+    assert_eq!(
+        c.publish(PublishTarget::Room("r".into()), "e", Some("{nope"), false),
+        Err(ClientError::BadData)
+    );
+}
