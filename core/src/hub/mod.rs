@@ -190,21 +190,9 @@ pub enum Event {
         /// The channel.
         channel: Arc<str>,
     },
-    /// A message was delivered; `message` is the encoded delivery (shared, not a copy).
-    Message {
-        /// Who sent it.
-        origin: Origin,
-        /// Where it went.
-        destination: Destination,
-        /// The event name.
-        event: Arc<str>,
-        /// The room seq, for room messages.
-        seq: Option<u64>,
-        /// How many connections received it.
-        delivered: usize,
-        /// The message as sent.
-        message: Outgoing,
-    },
+    /// A message was delivered (boxed: one per publish, and it keeps every `Output`
+    /// small, which matters because fan-out produces one `Output` per receiver).
+    Message(Box<Published>),
     /// A request was refused (for metrics and logs).
     Refused {
         /// The connection.
@@ -212,6 +200,24 @@ pub enum Event {
         /// The error code sent back.
         code: ErrorCode,
     },
+}
+
+/// What a publish did, for the application's logs, metrics or persistence (a Durable
+/// Object stores room history from these).
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Who sent it.
+    pub origin: Origin,
+    /// Where it went.
+    pub destination: Destination,
+    /// The event name.
+    pub event: Arc<str>,
+    /// The room seq, for room messages.
+    pub seq: Option<u64>,
+    /// How many connections received it.
+    pub delivered: usize,
+    /// The message as sent (shared, not a copy).
+    pub message: Outgoing,
 }
 
 /// A publish to hand to a backplane so other nodes deliver it too.
@@ -256,7 +262,7 @@ pub enum Output {
     /// An event for the application.
     Event(Event),
     /// Carry this publish to the other nodes (only with `HubConfig::backplane`).
-    Forward(Forward),
+    Forward(Box<Forward>),
 }
 
 /// Why a connection was not admitted.
@@ -1549,22 +1555,23 @@ impl Hub {
                     }
                     _ => None,
                 };
-                self.outputs.push_back(Output::Forward(Forward {
+                self.outputs.push_back(Output::Forward(Box::new(Forward {
                     destination: destination.clone(),
                     event: event.to_owned(),
                     data: data.map(|d| d.to_owned()),
                     from,
-                }));
+                })));
             }
         }
-        self.outputs.push_back(Output::Event(Event::Message {
-            origin: origin.clone(),
-            destination,
-            event: Arc::from(event),
-            seq,
-            delivered,
-            message,
-        }));
+        self.outputs
+            .push_back(Output::Event(Event::Message(Box::new(Published {
+                origin: origin.clone(),
+                destination,
+                event: Arc::from(event),
+                seq,
+                delivered,
+                message,
+            }))));
     }
 
     // -----------------------------------------------------------------------------------

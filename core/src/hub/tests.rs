@@ -53,7 +53,7 @@ impl T {
                 }
                 Output::Ping { conn } => self.pings.push(conn),
                 Output::Event(e) => self.events.push(e),
-                Output::Forward(f) => self.forwards.push(f),
+                Output::Forward(f) => self.forwards.push(*f),
             }
         }
     }
@@ -1036,4 +1036,14 @@ mod membership_props {
             prop_assert_eq!(t.hub.stats().users, 0);
         }
     }
+}
+
+#[test]
+fn output_stays_small() {
+    // one Output per receiver per message: keep the enum small so fan-out moves little
+    assert!(
+        std::mem::size_of::<Output>() <= 64,
+        "{}",
+        std::mem::size_of::<Output>()
+    );
 }
