@@ -158,29 +158,35 @@ pub struct Parsed<'a> {
     pub request: Result<Request<'a>, Rejection>,
 }
 
+/// Keeps an explicit `null` as a present value, so `"room": null` is a wrong type
+/// (`bad_request`) rather than a missing field silently ignored.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
 #[derive(Deserialize)]
 struct RawRequest<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, rename = "type", default, deserialize_with = "present")]
     kind: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     room: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     channel: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     user: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     event: Option<&'a RawValue>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     echo: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     since: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     epoch: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     presence: Option<&'a RawValue>,
 }
 
@@ -453,6 +459,28 @@ mod tests {
         ] {
             assert_eq!(code(t), Some(ErrorCode::BadRequest), "{t}");
         }
+    }
+
+    #[test]
+    fn explicit_null_is_a_wrong_type_not_an_absent_field() {
+        for t in [
+            r#"{"type":null}"#,
+            r#"{"type":"ping","id":null}"#,
+            r#"{"type":"join","room":null}"#,
+            r#"{"type":"join","room":"a","presence":null}"#,
+            r#"{"type":"join","room":"a","since":null}"#,
+            r#"{"type":"join","room":"a","epoch":null}"#,
+            r#"{"type":"publish","room":"a","event":"e","echo":null}"#,
+            r#"{"type":"publish","room":"a","user":null,"event":"e"}"#,
+            r#"{"type":"publish","room":"a","event":null}"#,
+        ] {
+            let p = parse_request(t);
+            assert!(p.id.is_none(), "{t}");
+            assert_eq!(p.request.unwrap_err().code, ErrorCode::BadRequest, "{t}");
+        }
+        // data: null is the same as no data
+        let p = parse_request(r#"{"type":"publish","room":"a","event":"e","data":null}"#);
+        assert!(p.request.is_ok());
     }
 
     #[test]

@@ -20,7 +20,10 @@ fn hub_simulation_runs_on_wasm() {
     for seed in 0..40 {
         total.add(&run_seed(seed, &SimConfig::default()));
     }
-    assert!(total.room_deliveries > 0 && total.heartbeat_reaps > 0, "{total:?}");
+    assert!(
+        total.room_deliveries > 0 && total.heartbeat_reaps > 0,
+        "{total:?}"
+    );
 }
 
 #[wasm_bindgen_test]
@@ -33,7 +36,10 @@ fn client_machine_runs_on_wasm() {
         [5; 32],
         Timestamp(0),
     );
-    assert!(matches!(c.poll_output(), Some(ClientOutput::Connect { .. })));
+    assert!(matches!(
+        c.poll_output(),
+        Some(ClientOutput::Connect { .. })
+    ));
     c.handle_close(Timestamp(1), 1, Some(1006));
     let t = c.poll_timeout().expect("retry scheduled");
     assert!(t.0 <= 501);
