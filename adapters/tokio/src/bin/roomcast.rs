@@ -1,0 +1,366 @@
+//! The `roomcast` server binary: flags (each with a `ROOMCAST_...` environment variable)
+//! mapped onto [`roomcast_tokio::Config`], one ready line on stdout, logs on stderr, and a
+//! graceful shutdown on SIGINT/SIGTERM.
+// The field docs below are the `--help` text, where URLs must stay plain.
+#![allow(rustdoc::bare_urls)]
+
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use roomcast_tokio::{heartbeat_for, Config, Server};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// Message size in echo mode unless set: Autobahn sends messages of up to 16 MiB.
+const ECHO_MAX_MESSAGE: usize = 64 << 20;
+
+/// roomcast: a realtime server that organises WebSocket connections into rooms, channels
+/// and users.
+///
+/// Clients connect to ws://ADDR/ws (optionally ?user=NAME: the open default identity,
+/// with no authentication) and speak the JSON protocol of PROTOCOL.md. The server also
+/// serves static files at / (the chat demo), GET /healthz and GET /metrics (Prometheus).
+/// When ready it prints exactly one line, `listening on http://ADDR`, to stdout; logs go to
+/// stderr. SIGINT or SIGTERM close every connection with 1001 and exit 0.
+#[derive(Debug, Parser)]
+#[command(name = "roomcast", version)]
+struct Args {
+    /// Address to listen on. Port 0 picks a free port; the ready line shows the real one.
+    #[arg(
+        long,
+        env = "ROOMCAST_BIND",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    bind: String,
+
+    /// Directory of static files served at / (index.html for /). Default: ./www if it
+    /// exists, else a small built-in page.
+    #[arg(long, env = "ROOMCAST_WWW", value_name = "DIR")]
+    www: Option<PathBuf>,
+
+    /// A browser origin allowed to open WebSockets, e.g. https://chat.example.com.
+    /// Repeat the flag (or comma-separate in the variable) for several. Without any,
+    /// every origin is allowed; requests without an Origin header (non-browser clients)
+    /// are always allowed. Refused origins get HTTP 403.
+    #[arg(
+        long = "allowed-origin",
+        env = "ROOMCAST_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+
+    /// Most WebSocket connections at once; past it upgrades get HTTP 503.
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 100_000
+    )]
+    max_connections: usize,
+
+    /// Largest WebSocket message accepted (whole message, across fragments), in bytes
+    /// or with a unit (64KiB, 1MiB, 1MB). Bigger ones close the connection with 1009.
+    /// Default 1MiB (64MiB with --echo).
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_SIZE", value_name = "BYTES", value_parser = parse_size)]
+    max_message_size: Option<usize>,
+
+    /// How often an idle connection is pinged (e.g. 25s, 500ms); also advertised to
+    /// clients as heartbeat.interval_ms, the cadence of their own heartbeat.
+    #[arg(
+        long,
+        env = "ROOMCAST_PING_INTERVAL",
+        value_name = "DUR",
+        default_value = "25s",
+        value_parser = humantime::parse_duration
+    )]
+    ping_interval: Duration,
+
+    /// How long a ping may go unanswered. A connection silent for the ping interval
+    /// plus this (rounded up to whole intervals, at least two) is dropped and counted as
+    /// a heartbeat timeout. Also advertised to clients as heartbeat.timeout_ms: how long
+    /// they wait for any message after their heartbeat before reconnecting.
+    #[arg(
+        long,
+        env = "ROOMCAST_PONG_TIMEOUT",
+        value_name = "DUR",
+        default_value = "20s",
+        value_parser = humantime::parse_duration
+    )]
+    pong_timeout: Duration,
+
+    /// Messages kept per room (for at most 5 minutes) so reconnecting clients can
+    /// recover what they missed with `join` + `since`. 0 turns history off.
+    #[arg(long, env = "ROOMCAST_HISTORY", value_name = "N", default_value_t = 0)]
+    history: usize,
+
+    /// Most members per room; joins past it get `room_full`. Default: no limit.
+    #[arg(long, env = "ROOMCAST_MAX_ROOM_MEMBERS", value_name = "N")]
+    max_room_members: Option<usize>,
+
+    /// Clients may only join rooms that already exist (created through the embedding
+    /// API); joining any other room gets `forbidden`. By default a join creates the room.
+    #[arg(
+        long,
+        env = "ROOMCAST_NO_ROOM_CREATION",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    no_room_creation: bool,
+
+    /// Conformance mode for the Autobahn test suite: every WebSocket, on any path, is a
+    /// plain echo server (text back as text, binary as binary); no rooms, no protocol.
+    #[arg(
+        long,
+        env = "ROOMCAST_ECHO",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    echo: bool,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing directive
+    /// such as `info,roomcast_tokio=debug`.
+    #[arg(
+        long,
+        env = "ROOMCAST_LOG",
+        value_name = "LEVEL",
+        default_value = "info"
+    )]
+    log: String,
+}
+
+/// Parses `1048576`, `64KiB`, `1MiB`, `1GiB`, `64K`/`1M` (binary) or `1KB`/`1MB`
+/// (decimal).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a number of bytes, got {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("{s} is too large"))?;
+    if bytes == 0 {
+        return Err("the size must be at least 1 byte".to_owned());
+    }
+    Ok(bytes)
+}
+
+impl Args {
+    fn config(&self) -> Result<Config, String> {
+        let mut config = Config::default();
+        let hub = &mut config.hub;
+        hub.max_connections = self.max_connections;
+        hub.max_message_size = self.max_message_size.unwrap_or(if self.echo {
+            ECHO_MAX_MESSAGE
+        } else {
+            hub.max_message_size
+        });
+        hub.heartbeat = heartbeat_for(self.ping_interval, self.pong_timeout);
+        hub.history.max_messages = self.history;
+        hub.max_room_members = self.max_room_members;
+        hub.clients_create_rooms = !self.no_room_creation;
+        config.allowed_origins = self
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        config.echo = self.echo;
+        config.www = match &self.www {
+            Some(dir) if dir.is_dir() => Some(dir.clone()),
+            Some(dir) => return Err(format!("--www {}: not a directory", dir.display())),
+            None => Some(PathBuf::from("www")).filter(|d| d.is_dir()),
+        };
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match EnvFilter::try_new(&args.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("roomcast: invalid --log {:?}: {e}", args.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("roomcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roomcast: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(args.bind, config));
+    // Sockets still closing after the shutdown bound are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
+}
+
+async fn run(bind: String, config: Config) -> ExitCode {
+    // Register the signal handlers before announcing readiness, so a signal sent right
+    // after the ready line is a graceful shutdown, never the default kill.
+    let signal = match Signals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let echo = config.echo;
+    let www = config.www.clone();
+    let server = match Server::bind(&bind, config).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = server.local_addr();
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "listening on http://{addr}");
+    let _ = stdout.flush();
+    drop(stdout);
+    info!(
+        %addr,
+        echo,
+        www = ?www,
+        "roomcast ready"
+    );
+    server.run_until(signal.wait()).await;
+    ExitCode::SUCCESS
+}
+
+/// SIGINT and SIGTERM, registered up front.
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn register() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    #[cfg(unix)]
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => info!("SIGINT: shutting down"),
+            _ = self.term.recv() => info!("SIGTERM: shutting down"),
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn wait(self) {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("Ctrl-C: shutting down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn echo_raises_the_message_limit_unless_set() {
+        let a = Args::parse_from(["roomcast", "--echo"]);
+        assert_eq!(a.config().unwrap().hub.max_message_size, ECHO_MAX_MESSAGE);
+        let a = Args::parse_from(["roomcast", "--echo", "--max-message-size", "1KiB"]);
+        assert_eq!(a.config().unwrap().hub.max_message_size, 1024);
+        let a = Args::parse_from(["roomcast"]);
+        assert_eq!(a.config().unwrap().hub.max_message_size, 1 << 20);
+    }
+
+    #[test]
+    fn heartbeat_flags_map_onto_the_hub() {
+        let a = Args::parse_from([
+            "roomcast",
+            "--ping-interval",
+            "200ms",
+            "--pong-timeout",
+            "1s",
+            "--history",
+            "50",
+            "--allowed-origin",
+            "https://a.example/",
+            "--allowed-origin",
+            "https://b.example",
+            "--max-room-members",
+            "3",
+            "--no-room-creation",
+        ]);
+        let c = a.config().unwrap();
+        assert_eq!(c.hub.heartbeat.interval_ms, 200);
+        assert_eq!(c.hub.heartbeat.timeout_ms, 1000);
+        assert_eq!(c.hub.heartbeat.max_missed, 6);
+        assert_eq!(c.hub.history.max_messages, 50);
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+    }
+}

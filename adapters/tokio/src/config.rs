@@ -1,0 +1,124 @@
+//! Server settings: the hub's (limits, heartbeat, history) plus what only a native server
+//! has (origins, static files, echo mode, close and shutdown bounds).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use roomcast_core::connection::ConnectionConfig;
+use roomcast_core::handshake::ServerPolicy;
+use roomcast_core::hub::{HeartbeatConfig, HubConfig};
+
+/// The subprotocol roomcast offers; clients that ask for nothing are accepted too.
+pub const SUBPROTOCOL: &str = "roomcast.v1";
+
+/// Everything a [`crate::Roomcast`] or [`crate::Server`] can be told.
+///
+/// `Default` gives the PROTOCOL.md defaults, the `/ws` endpoint and no static files.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The hub's limits, heartbeat and history. `max_message_size` also bounds each
+    /// WebSocket message at the frame layer (close 1009), before it is buffered.
+    pub hub: HubConfig,
+    /// Browser origins allowed to open WebSockets (`https://app.example`); empty allows
+    /// any. Requests without `Origin` (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Subprotocols offered in the handshake (default `roomcast.v1`).
+    pub subprotocols: Vec<String>,
+    /// Path of the WebSocket endpoint for [`crate::RoomcastService`] (default `/ws`).
+    /// [`crate::WsHandler`] ignores it: it answers on whatever route it is mounted.
+    pub ws_path: String,
+    /// Directory served for `GET /` and other paths by [`crate::RoomcastService`].
+    pub www: Option<PathBuf>,
+    /// Conformance mode: every WebSocket, on any path, echoes what it receives through
+    /// the core `Connection` without a hub. For the Autobahn test suite only.
+    pub echo: bool,
+    /// How long a closing connection may take to deliver its queued output and close
+    /// frame before its TCP connection is dropped (the slow-consumer bound of the
+    /// protocol: 5 s).
+    pub close_timeout: Duration,
+    /// How long a graceful shutdown waits for connections to finish closing.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hub: HubConfig::default(),
+            allowed_origins: Vec::new(),
+            subprotocols: vec![SUBPROTOCOL.to_owned()],
+            ws_path: "/ws".to_owned(),
+            www: None,
+            echo: false,
+            close_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn policy(&self) -> ServerPolicy {
+        ServerPolicy {
+            allowed_origins: self.allowed_origins.clone(),
+            subprotocols: self.subprotocols.clone(),
+        }
+    }
+
+    pub(crate) fn connection_config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            max_message_size: self.hub.max_message_size,
+            ..ConnectionConfig::default()
+        }
+    }
+}
+
+/// Builds the hub heartbeat from the two durations operators think in.
+///
+/// The hub pings a connection after `ping_interval` of silence and drops it after
+/// `max_missed` whole intervals without any inbound frame. A pong to the ping sent at the
+/// end of the first silent interval is owed within `pong_timeout`, so the drop must not
+/// happen before `ping_interval + pong_timeout`: `max_missed` is the smallest number of
+/// intervals covering that (at least 2). With the defaults (25 s, 20 s) that is the
+/// protocol's `max_missed = 2`. `pong_timeout` is also what clients are told (`timeout_ms`
+/// in `welcome`) to wait for any message after their own heartbeat.
+pub fn heartbeat_for(ping_interval: Duration, pong_timeout: Duration) -> HeartbeatConfig {
+    let interval_ms = duration_ms(ping_interval).max(1);
+    let timeout_ms = duration_ms(pong_timeout);
+    let extra = timeout_ms.div_ceil(interval_ms);
+    let max_missed = u32::try_from(extra.saturating_add(1))
+        .unwrap_or(u32::MAX)
+        .max(2);
+    HeartbeatConfig {
+        interval_ms,
+        timeout_ms,
+        max_missed,
+        server_pings: true,
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_map_to_protocol_heartbeat() {
+        let hb = heartbeat_for(Duration::from_secs(25), Duration::from_secs(20));
+        assert_eq!(hb, HeartbeatConfig::default());
+    }
+
+    #[test]
+    fn max_missed_covers_interval_plus_pong_timeout() {
+        let hb = heartbeat_for(Duration::from_millis(200), Duration::from_millis(200));
+        assert_eq!(hb.max_missed, 2);
+        let hb = heartbeat_for(Duration::from_millis(200), Duration::from_millis(450));
+        assert_eq!(hb.max_missed, 4);
+        assert!(u64::from(hb.max_missed) * hb.interval_ms >= 200 + 450);
+        let hb = heartbeat_for(Duration::ZERO, Duration::ZERO);
+        assert_eq!((hb.interval_ms, hb.max_missed), (1, 2));
+        let hb = heartbeat_for(Duration::from_millis(1), Duration::MAX);
+        assert_eq!(hb.max_missed, u32::MAX);
+    }
+}

@@ -1,0 +1,357 @@
+//! HTTP: the WebSocket upgrade through the core's handshake rules, static files,
+//! `/healthz` and `/metrics`, as services that work with plain hyper and with axum/tower.
+//!
+//! The upgrade never decides anything itself: the core's `accept` answers the handshake
+//! (400/426/403 and the 101's accept key and subprotocol), the hub answers admission
+//! (503 when full, 400 for a bad user), and refusals are sent exactly as the core words
+//! them, so every runtime refuses the same request the same way.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::Full;
+use roomcast_core::handshake::{self, Accept, Reject, RejectReason};
+use roomcast_core::hub::{ConnectError, ConnectRequest};
+use tracing::{debug, warn};
+
+use crate::hub_task::{ConnectRefused, Roomcast};
+use crate::socket::{self, Mode, SocketParams};
+
+/// The boxed future all services here return.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+/// The peer address of a request, when the server knows it (added by [`crate::Server`];
+/// insert it yourself in a custom hyper server to get `remote_addr` in the connection's
+/// hub metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A plain-text response.
+pub(crate) fn text_response(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The core's refusal as a hyper response: the status, headers and body of
+/// `Reject::response_bytes`, parsed back so nothing is worded twice.
+pub(crate) fn reject_response(reject: &Reject) -> Response<Full<Bytes>> {
+    let raw = reject.response_bytes();
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(&raw) else {
+        // The core builds this response itself; fall back to the bare status.
+        let mut resp = text_response(StatusCode::BAD_REQUEST, "bad request\n");
+        *resp.status_mut() = StatusCode::from_u16(reject.status).unwrap_or(StatusCode::BAD_REQUEST);
+        return resp;
+    };
+    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(&raw[head_len..])));
+    *resp.status_mut() = StatusCode::from_u16(reject.status).unwrap_or(StatusCode::BAD_REQUEST);
+    for h in parsed.headers.iter() {
+        // hyper frames the body itself.
+        if h.name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
+}
+
+fn switching_protocols(accept: &Accept) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept.accept_key) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = accept.protocol.as_deref() {
+        if let Ok(v) = HeaderValue::from_str(p) {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+    resp
+}
+
+/// The core's view of a hyper request head.
+fn core_request<B>(req: &Request<B>) -> handshake::Request {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let version = match req.version() {
+        Version::HTTP_09 | Version::HTTP_10 => 0,
+        _ => 1,
+    };
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    handshake::Request::from_parts(req.method().as_str(), target, version, headers)
+}
+
+/// Whether a request asks for a WebSocket (used to route upgrades on unknown paths to a
+/// 404 in the core's words rather than a static-file lookup).
+fn wants_websocket<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+}
+
+impl Roomcast {
+    /// Answers a WebSocket upgrade request on whatever route it arrived (the path is not
+    /// checked), for any HTTP framework built on hyper: call it from your handler and
+    /// return its response. The 101 is returned only after the hub admitted the
+    /// connection; the socket is then served on a task of its own.
+    pub async fn upgrade<B>(&self, mut req: Request<B>) -> Response<Full<Bytes>> {
+        let shared = &self.shared;
+        let core_req = core_request(&req);
+        let accept = match handshake::accept(&core_req, &shared.policy) {
+            Ok(a) => a,
+            Err(reject) => return self.refuse(&reject),
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let params = SocketParams {
+            conn_config: shared.conn_config.clone(),
+            metrics: shared.metrics.clone(),
+            close_timeout: shared.config.close_timeout,
+            activity_every: socket::activity_every(&shared.config.hub),
+            flush_report_min: socket::flush_report_min(&shared.config.hub),
+        };
+        if shared.config.echo {
+            let mode = Mode::Echo {
+                shutdown: shared.shutdown.subscribe(),
+            };
+            let guard = shared.sockets.enter();
+            tokio::spawn(socket::serve(on_upgrade, mode, params, guard));
+            shared.metrics.handshake_accepted();
+            return switching_protocols(&accept);
+        }
+        let user = match core_req.query_param("user") {
+            None => None,
+            Some(Ok(u)) => Some(u),
+            Some(Err(_)) => return self.refuse(&Reject::new(400, RejectReason::BadUser)),
+        };
+        let mut metadata = std::collections::BTreeMap::new();
+        if let Some(PeerAddr(addr)) = req.extensions().get::<PeerAddr>() {
+            metadata.insert("remote_addr".to_owned(), addr.to_string());
+        }
+        if let Some(ua) = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            metadata.insert("user_agent".to_owned(), ua.chars().take(256).collect());
+        }
+        let registered = match self.connect(ConnectRequest { user, metadata }).await {
+            Ok(r) => r,
+            Err(refused) => {
+                let reject = match refused {
+                    ConnectRefused::Hub(ConnectError::BadUser) => {
+                        Reject::new(400, RejectReason::BadUser)
+                    }
+                    ConnectRefused::Hub(ConnectError::Full)
+                    | ConnectRefused::ShuttingDown
+                    | ConnectRefused::Stopped => Reject::new(503, RejectReason::ServerFull),
+                };
+                return self.refuse(&reject);
+            }
+        };
+        let mode = Mode::Hub {
+            conn: registered.conn,
+            commands: shared.commands.clone(),
+            rx: registered.rx,
+        };
+        let guard = shared.sockets.enter();
+        tokio::spawn(socket::serve(on_upgrade, mode, params, guard));
+        shared.metrics.handshake_accepted();
+        switching_protocols(&accept)
+    }
+
+    fn refuse(&self, reject: &Reject) -> Response<Full<Bytes>> {
+        debug!(status = reject.status, reason = ?reject.reason, "upgrade refused");
+        self.shared.metrics.handshake_refused(reject.status);
+        reject_response(reject)
+    }
+
+    /// A service answering WebSocket upgrades on the route it is mounted on
+    /// (`Router::route_service("/ws", rc.ws_handler())` in axum; any hyper server).
+    pub fn ws_handler(&self) -> WsHandler {
+        WsHandler { rc: self.clone() }
+    }
+
+    /// The complete roomcast HTTP service: the WebSocket endpoint at `Config::ws_path`,
+    /// `/healthz`, `/metrics` and static files from `Config::www`. Use it as your axum
+    /// fallback service, or serve it directly with hyper (see [`crate::Server`]).
+    pub fn service(&self) -> RoomcastService {
+        RoomcastService { rc: self.clone() }
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        let shared = &self.shared;
+        shared.metrics.http_request();
+        let path = req.uri().path();
+        if (shared.config.echo && wants_websocket(&req)) || path == shared.config.ws_path {
+            return self.upgrade(req).await;
+        }
+        if wants_websocket(&req) {
+            return self.refuse(&Reject::new(404, RejectReason::NotFound));
+        }
+        let method = req.method();
+        if method != Method::GET && method != Method::HEAD {
+            let mut resp = text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return resp;
+        }
+        match path {
+            "/healthz" => {
+                if self.is_running() {
+                    text_response(StatusCode::OK, "ok\n")
+                } else {
+                    text_response(StatusCode::SERVICE_UNAVAILABLE, "hub stopped\n")
+                }
+            }
+            "/metrics" => match self.metrics_text().await {
+                Ok(text) => {
+                    let mut resp = Response::new(Full::new(Bytes::from(text)));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    resp
+                }
+                Err(e) => {
+                    warn!("metrics unavailable: {e}");
+                    text_response(StatusCode::SERVICE_UNAVAILABLE, "hub stopped\n")
+                }
+            },
+            _ => match &shared.statics {
+                Some(files) => files.serve(method, path, req.headers()).await,
+                None => crate::statics::fallback(path, method == Method::HEAD),
+            },
+        }
+    }
+}
+
+/// The WebSocket endpoint as a service, for mounting on a route of your own router.
+///
+/// Implements both `hyper::service::Service` and `tower_service::Service` (what axum's
+/// `route_service` takes), for requests with any body type.
+#[derive(Clone, Debug)]
+pub struct WsHandler {
+    rc: Roomcast,
+}
+
+/// Every roomcast route (see [`Roomcast::service`]) as a hyper and tower service.
+#[derive(Clone, Debug)]
+pub struct RoomcastService {
+    rc: Roomcast,
+}
+
+impl<B: Send + 'static> hyper::service::Service<Request<B>> for WsHandler {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let rc = self.rc.clone();
+        Box::pin(async move { Ok(rc.upgrade(req).await) })
+    }
+}
+
+impl<B: Send + 'static> tower_service::Service<Request<B>> for WsHandler {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        hyper::service::Service::call(&*self, req)
+    }
+}
+
+impl<B: Send + 'static> hyper::service::Service<Request<B>> for RoomcastService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let rc = self.rc.clone();
+        Box::pin(async move { Ok(rc.route(req).await) })
+    }
+}
+
+impl<B: Send + 'static> tower_service::Service<Request<B>> for RoomcastService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        hyper::service::Service::call(&*self, req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_carry_the_core_wording() {
+        let resp = reject_response(&Reject::from(RejectReason::UnsupportedVersion));
+        assert_eq!(resp.status(), 426);
+        assert_eq!(resp.headers()["sec-websocket-version"], "13");
+        assert_eq!(resp.headers()["connection"], "close");
+        assert!(resp.headers().get("content-length").is_none());
+        let resp = reject_response(&Reject::new(503, RejectReason::ServerFull));
+        assert_eq!(resp.status(), 503);
+    }
+
+    #[test]
+    fn core_request_keeps_target_and_version() {
+        let req = Request::builder()
+            .uri("/ws?user=a%20b")
+            .version(Version::HTTP_10)
+            .header("Host", "x")
+            .body(())
+            .unwrap();
+        let r = core_request(&req);
+        assert_eq!(r.path, "/ws");
+        assert_eq!(r.query.as_deref(), Some("user=a%20b"));
+        assert_eq!(r.version, 0);
+        assert_eq!(r.header("host"), Some("x"));
+    }
+}

@@ -1,0 +1,186 @@
+//! Socket plumbing shared by server connections and the client: reads that borrow a
+//! per-thread scratch buffer, and an output queue written with vectored I/O.
+//!
+//! The two are where the adapter's memory and syscall costs are decided. A connection
+//! keeps no read buffer of its own (the core `Connection` copies payload bytes into the
+//! message being assembled as they arrive), so an idle connection costs no read memory;
+//! and everything queued for a socket leaves in one `writev` of shared frames, which is
+//! what makes fan-out cheap on loopback (one syscall per subscriber per wake-up, not per
+//! message).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use roomcast_core::connection::Connection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest read per wake-up: big enough to take a burst of small messages in one
+/// syscall, and the most a connection may parse before other branches get a turn.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+/// Most buffers handed to one `writev` (Linux allows 1024; beyond a few dozen frames the
+/// syscall cost is already amortized).
+const MAX_IOV: usize = 64;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
+}
+
+/// Polls one read from `reader` into the thread's scratch buffer and hands the bytes to
+/// `sink` within the same poll, so no bytes outlive it. `Ok(0)` is end of stream.
+pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    cx: &mut Context<'_>,
+    sink: impl FnOnce(&[u8]),
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut buf = ReadBuf::new(&mut scratch[..]);
+        ready!(Pin::new(reader).poll_read(cx, &mut buf))?;
+        let filled = buf.filled();
+        if !filled.is_empty() {
+            sink(filled);
+        }
+        Poll::Ready(Ok(filled.len()))
+    })
+}
+
+/// Frames waiting for the socket, in order, each tagged with whether it came from the
+/// hub (whose bytes must be reported back with `Hub::handle_flushed`) or from the
+/// connection itself (pongs, pings, close frames).
+#[derive(Debug, Default)]
+pub(crate) struct OutQueue {
+    frames: VecDeque<(Bytes, bool)>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+}
+
+impl OutQueue {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub(crate) fn push(&mut self, frame: Bytes, from_hub: bool) {
+        if !frame.is_empty() {
+            self.frames.push_back((frame, from_hub));
+        }
+    }
+
+    /// Moves everything `conn` has queued to the back of this queue.
+    pub(crate) fn pull(&mut self, conn: &mut Connection, from_hub: bool) {
+        while let Some(frame) = conn.poll_transmit() {
+            self.push(frame, from_hub);
+        }
+    }
+
+    /// Starts one vectored write of as many queued frames as fit in one call.
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut n = 0;
+        for (i, (frame, _)) in self.frames.iter().take(MAX_IOV).enumerate() {
+            let bytes = if i == 0 { &frame[self.offset..] } else { frame };
+            slices[n] = IoSlice::new(bytes);
+            n += 1;
+        }
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let writer = Pin::new(writer);
+        let written = if writer.is_write_vectored() {
+            ready!(writer.poll_write_vectored(cx, &slices[..n]))?
+        } else {
+            ready!(writer.poll_write(cx, &slices[0]))?
+        };
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    /// Drops `n` written bytes from the front; returns how many of them were hub bytes.
+    pub(crate) fn advance(&mut self, mut n: usize) -> usize {
+        let mut hub_bytes = 0;
+        while n > 0 {
+            let Some((frame, from_hub)) = self.frames.front() else {
+                debug_assert!(false, "advanced past the queue");
+                break;
+            };
+            let left = frame.len() - self.offset;
+            let take = left.min(n);
+            if *from_hub {
+                hub_bytes += take;
+            }
+            n -= take;
+            if take == left {
+                self.frames.pop_front();
+                self.offset = 0;
+            } else {
+                self.offset += take;
+            }
+        }
+        hub_bytes
+    }
+
+    /// Writes everything queued; returns the hub bytes written.
+    pub(crate) async fn write_all<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+    ) -> io::Result<usize> {
+        let mut hub_bytes = 0;
+        while !self.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll_write(writer, cx)).await?;
+            hub_bytes += self.advance(n);
+        }
+        Ok(hub_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_in_order_and_counts_hub_bytes() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"), true);
+        q.push(Bytes::from_static(b"de"), false);
+        q.push(Bytes::new(), true);
+        q.push(Bytes::from_static(b"fgh"), true);
+        assert_eq!(q.advance(2), 2);
+        assert_eq!(q.advance(2), 1);
+        let mut sink: Vec<u8> = Vec::new();
+        assert_eq!(q.write_all(&mut sink).await.unwrap(), 3);
+        assert_eq!(sink, b"efgh");
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn partial_writes_resume_mid_frame() {
+        let (mut a, mut b) = tokio::io::duplex(4);
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"0123456789"), true);
+        let writer = async {
+            let n = q.write_all(&mut a).await.unwrap();
+            drop(a);
+            n
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got)
+                .await
+                .unwrap();
+            got
+        };
+        let (n, got) = tokio::join!(writer, reader);
+        assert_eq!(n, 10);
+        assert_eq!(got, b"0123456789");
+    }
+}

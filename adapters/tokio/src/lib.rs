@@ -1,0 +1,64 @@
+//! # roomcast-tokio
+//!
+//! The native roomcast runtime: the sans-IO [`roomcast_core`] driven by tokio sockets and a
+//! hyper HTTP server. Everything that decides something (routing, limits, heartbeat, close
+//! codes, handshake answers) lives in the core; this crate only moves bytes, messages and
+//! time in and out, so the native server behaves exactly like every other runtime.
+//!
+//! Three ways to use it:
+//!
+//! - the `roomcast` binary (`roomcast --help`): a ready server with static files,
+//!   `/healthz` and `/metrics`;
+//! - [`Server`]: the same server from Rust (`Server::bind(addr, config)` then
+//!   [`Server::run_until`]);
+//! - [`Roomcast`]: mount the WebSocket endpoint in your own axum or hyper application with
+//!   [`Roomcast::ws_handler`] and drive the hub from your own handlers with
+//!   [`Roomcast::call`] (send to rooms, channels, users, everyone; create rooms; stats).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use roomcast_tokio::{Config, Roomcast};
+//!
+//! let rc = Roomcast::new(Config::default());
+//! // axum: Router::new().route_service("/ws", rc.ws_handler())
+//! let delivered = rc
+//!     .call(|hub| hub.broadcast("news", None, &[]).map(|d| d.delivered))
+//!     .await??;
+//! # let _ = delivered; Ok(()) }
+//! ```
+//!
+//! And [`client`] is a native WebSocket client built on the core's client role.
+//!
+//! ## Run loop
+//!
+//! One task owns the [`Hub`] (no lock around it): socket tasks send it commands over a
+//! bounded channel, it drains every ready command before re-arming a single timer set from
+//! [`Hub::poll_timeout`], and routes each output to a per-connection queue. The hub bounds
+//! those queues in bytes itself (slow consumers are closed with 1008), fed by the flush
+//! reports socket tasks send after every write. Each socket task owns its core
+//! [`roomcast_core::connection::Connection`] and writes everything queued in one vectored
+//! write of shared frames: a room message is encoded once whatever the room size.
+#![warn(missing_docs)]
+
+pub mod client;
+mod clock;
+mod config;
+mod http;
+mod hub_task;
+mod io;
+mod metrics;
+mod server;
+mod socket;
+mod statics;
+
+pub use config::{heartbeat_for, Config};
+pub use http::{PeerAddr, RoomcastService, WsHandler};
+pub use hub_task::{CallError, Roomcast};
+pub use server::{Server, ServerError};
+
+/// The core crate, re-exported so embedders use the exact version this adapter speaks.
+pub use roomcast_core as core;
+pub use roomcast_core::hub::{
+    ConnId, ConnectRequest, Delivery, DisconnectReason, Event, Hub, HubConfig, HubError,
+    RoomOptions, Stats,
+};

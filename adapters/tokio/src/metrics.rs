@@ -1,0 +1,215 @@
+//! Counters only the adapter can see (handshake answers, close codes, socket bytes) and
+//! the Prometheus text rendering of them together with the hub's [`Stats`].
+//!
+//! These are atomics and a small mutex-guarded map rather than hub state because they are
+//! updated by socket tasks and HTTP handlers, off the hub task, at most once per
+//! connection or per syscall.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use roomcast_core::hub::Stats;
+
+/// Adapter-side counters shared by every task.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    handshakes_accepted: AtomicU64,
+    handshakes_refused: Mutex<BTreeMap<u16, u64>>,
+    closes: Mutex<BTreeMap<u16, u64>>,
+    socket_bytes_read: AtomicU64,
+    socket_bytes_written: AtomicU64,
+    http_requests: AtomicU64,
+}
+
+fn bump(map: &Mutex<BTreeMap<u16, u64>>, key: u16) {
+    // A poisoned map only means another thread panicked mid-increment; counts stay usable.
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    *m.entry(key).or_default() += 1;
+}
+
+fn snapshot(map: &Mutex<BTreeMap<u16, u64>>) -> BTreeMap<u16, u64> {
+    map.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+impl Metrics {
+    pub(crate) fn handshake_accepted(&self) {
+        self.handshakes_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_refused(&self, status: u16) {
+        bump(&self.handshakes_refused, status);
+    }
+
+    /// A WebSocket ended with this close code (sent or received; 1006 when the TCP
+    /// connection ended without a closing handshake).
+    pub(crate) fn closed(&self, code: u16) {
+        bump(&self.closes, code);
+    }
+
+    pub(crate) fn read(&self, n: usize) {
+        self.socket_bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn written(&self, n: usize) {
+        self.socket_bytes_written
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn http_request(&self) {
+        self.http_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition format (version 0.0.4).
+    pub(crate) fn render(&self, stats: &Stats, open_sockets: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            );
+        };
+        gauge(
+            "roomcast_connections",
+            "Open WebSocket connections admitted by the hub.",
+            stats.connections as u64,
+        );
+        gauge(
+            "roomcast_rooms",
+            "Rooms that exist (including empty rooms kept for history).",
+            stats.rooms as u64,
+        );
+        gauge(
+            "roomcast_channels",
+            "Channels that exist.",
+            stats.channels as u64,
+        );
+        gauge(
+            "roomcast_users",
+            "Distinct users with at least one open connection.",
+            stats.users as u64,
+        );
+        gauge(
+            "roomcast_sockets",
+            "WebSocket tasks running, including ones still closing.",
+            open_sockets as u64,
+        );
+        let counters: [(&str, &str, u64); 11] = [
+            (
+                "roomcast_messages_received_total",
+                "WebSocket messages received from clients.",
+                stats.messages_in,
+            ),
+            (
+                "roomcast_received_bytes_total",
+                "Bytes of messages received from clients.",
+                stats.bytes_in,
+            ),
+            (
+                "roomcast_messages_sent_total",
+                "Messages handed to connections for sending.",
+                stats.messages_out,
+            ),
+            (
+                "roomcast_sent_bytes_total",
+                "Frame bytes handed to connections for sending.",
+                stats.bytes_out,
+            ),
+            (
+                "roomcast_rate_limited_total",
+                "Requests refused with rate_limited.",
+                stats.rate_limited,
+            ),
+            (
+                "roomcast_slow_consumer_closes_total",
+                "Connections closed because their unsent output exceeded the limit.",
+                stats.slow_consumers,
+            ),
+            (
+                "roomcast_heartbeat_timeouts_total",
+                "Connections dropped after the heartbeat window passed in silence.",
+                stats.heartbeat_timeouts,
+            ),
+            (
+                "roomcast_handshakes_accepted_total",
+                "WebSocket upgrades accepted.",
+                self.handshakes_accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "roomcast_socket_read_bytes_total",
+                "Bytes read from WebSocket sockets.",
+                self.socket_bytes_read.load(Ordering::Relaxed),
+            ),
+            (
+                "roomcast_socket_written_bytes_total",
+                "Bytes written to WebSocket sockets.",
+                self.socket_bytes_written.load(Ordering::Relaxed),
+            ),
+            (
+                "roomcast_http_requests_total",
+                "HTTP requests served (upgrades included).",
+                self.http_requests.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            );
+        }
+        let labelled = [
+            (
+                "roomcast_handshakes_refused_total",
+                "WebSocket upgrades refused, by HTTP status.",
+                "status",
+                snapshot(&self.handshakes_refused),
+            ),
+            (
+                "roomcast_closes_total",
+                "WebSocket connections ended, by close code (1006: no closing handshake).",
+                "code",
+                snapshot(&self.closes),
+            ),
+        ];
+        for (name, help, label, values) in labelled {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (k, v) in values {
+                let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_once() {
+        let m = Metrics::default();
+        m.closed(1000);
+        m.closed(1000);
+        m.closed(1009);
+        m.handshake_refused(403);
+        let stats = Stats {
+            connections: 3,
+            heartbeat_timeouts: 2,
+            ..Stats::default()
+        };
+        let text = m.render(&stats, 4);
+        assert!(text.contains("roomcast_connections 3\n"));
+        assert!(text.contains("roomcast_heartbeat_timeouts_total 2\n"));
+        assert!(text.contains("roomcast_closes_total{code=\"1000\"} 2\n"));
+        assert!(text.contains("roomcast_closes_total{code=\"1009\"} 1\n"));
+        assert!(text.contains("roomcast_handshakes_refused_total{status=\"403\"} 1\n"));
+        assert_eq!(text.matches("# TYPE roomcast_closes_total ").count(), 1);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            assert!(name.starts_with("roomcast_"), "{line}");
+            assert!(value.parse::<u64>().is_ok(), "{line}");
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! One task per upgraded WebSocket: bytes from the socket into the core `Connection`,
+//! messages from it to the hub, and the hub's frames back out in vectored writes.
+//!
+//! The task owns the connection state machine outright, so reading, answering pings and
+//! writing never need a lock. It waits on three things at once (socket readable, hub
+//! queue, socket writable) so a peer that stops reading never stops us from reading, and
+//! a slow write never delays reacting to the hub. Closing is bounded everywhere: our
+//! close frame and what precedes it get `close_timeout` to leave, the peer's answer a
+//! little more, and then the TCP connection is dropped regardless.
+
+use std::future::poll_fn;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use roomcast_core::close::code;
+use roomcast_core::connection::{Connection, ConnectionConfig, SendError, State, WsEvent};
+use roomcast_core::hub::{ConnId, DisconnectReason, HubConfig};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tracing::{debug, error, trace};
+
+use crate::hub_task::{Command, ConnOut, SocketGuard};
+use crate::io::{poll_read_into, OutQueue};
+use crate::metrics::Metrics;
+use std::sync::Arc;
+
+/// After our close frame is written, how long we wait for the peer's close frame before
+/// dropping the TCP connection ourselves (it may be dead: that is often why we close).
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
+
+/// After we shut our side down, how long we keep reading (and discarding) so unread
+/// input does not turn our FIN into a RST that could destroy the close frame in flight.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// What a socket task needs besides its peer.
+pub(crate) struct SocketParams {
+    pub(crate) conn_config: ConnectionConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) close_timeout: Duration,
+    /// Least time between two liveness reports that carry no message.
+    pub(crate) activity_every: Duration,
+    /// Written hub bytes are reported once at least this many accumulate.
+    pub(crate) flush_report_min: usize,
+}
+
+/// Liveness reports go to the hub often enough that a peer answering every ping is never
+/// reaped, and no more: a peer streaming one huge message does not flood the hub.
+pub(crate) fn activity_every(hub: &HubConfig) -> Duration {
+    Duration::from_millis(hub.heartbeat.interval_ms / 2)
+        .clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
+/// Flush reports are batched: one per write would double the hub's command load under
+/// fan-out (every delivery answered by a report). Holding back less than 1/16 of the
+/// budget (at most 16 KiB) only makes the hub see a connection as that much slower than
+/// it is, which never closes a consumer that keeps up.
+pub(crate) fn flush_report_min(hub: &HubConfig) -> usize {
+    (hub.max_buffered_bytes / 16).clamp(1, 16 * 1024)
+}
+
+/// Who the socket talks to.
+pub(crate) enum Mode {
+    /// A hub connection.
+    Hub {
+        conn: ConnId,
+        commands: mpsc::Sender<Command>,
+        rx: mpsc::UnboundedReceiver<ConnOut>,
+    },
+    /// Conformance echo: messages go straight back; `shutdown` flips on server shutdown.
+    Echo { shutdown: watch::Receiver<bool> },
+}
+
+/// Waits for hyper to hand over the upgraded socket, then serves it.
+pub(crate) async fn serve(
+    on_upgrade: OnUpgrade,
+    mode: Mode,
+    params: SocketParams,
+    guard: SocketGuard,
+) {
+    match on_upgrade.await {
+        Ok(upgraded) => serve_upgraded(upgraded, mode, params).await,
+        Err(e) => {
+            debug!("upgrade failed: {e}");
+            if let Mode::Hub { conn, commands, .. } = mode {
+                let reason = DisconnectReason::Closed {
+                    code: Some(code::ABNORMAL),
+                };
+                let _ = commands.send(Command::Disconnect { conn, reason }).await;
+            }
+        }
+    }
+    drop(guard);
+}
+
+async fn serve_upgraded(upgraded: Upgraded, mode: Mode, params: SocketParams) {
+    // The common case (our own server, axum with http1) is a plain TCP stream: take it
+    // back from hyper for split halves without locks and true vectored writes.
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let tcp = parts.io.into_inner();
+            let (r, w) = tcp.into_split();
+            run(r, w, parts.read_buf, mode, params).await;
+        }
+        Err(upgraded) => {
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            run(r, w, Bytes::new(), mode, params).await;
+        }
+    }
+}
+
+/// How the socket loop ended.
+enum Ending {
+    /// The closing handshake completed or the connection failed: flush and close.
+    Finished,
+    /// The peer's TCP connection ended (or failed) without a closing handshake.
+    Vanished,
+    /// Our close was not answered (or could not be written) in time.
+    TimedOut,
+}
+
+struct Socket {
+    conn: Connection,
+    out: OutQueue,
+    hub: Option<(ConnId, mpsc::Sender<Command>)>,
+    params: SocketParams,
+    /// Close code we sent first, and the one the peer sent, for metrics and the hub.
+    our_code: Option<u16>,
+    peer_code: Option<Option<u16>>,
+    failed: Option<u16>,
+    /// Once we started closing: the bound for the whole closing handshake.
+    close_deadline: Option<Instant>,
+    /// Once our close frame is written: the bound for the peer's reply.
+    reply_deadline: Option<Instant>,
+    last_activity: Instant,
+    /// Hub bytes written but not yet reported.
+    unreported: usize,
+}
+
+impl Socket {
+    async fn send_hub(&self, cmd: Command) {
+        if let Some((_, commands)) = &self.hub {
+            // A closed channel means the hub is gone; the queue ending will close us.
+            let _ = commands.send(cmd).await;
+        }
+    }
+
+    /// Hands what the last read produced to the hub (or echoes it).
+    async fn handle_events(&mut self, read_bytes: bool) {
+        let mut messages = false;
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                WsEvent::Text(text) => {
+                    messages = true;
+                    match &self.hub {
+                        Some((conn, _)) => {
+                            let conn = *conn;
+                            self.send_hub(Command::Text { conn, text }).await;
+                        }
+                        None => {
+                            let _ = self.conn.send_text(text.as_str());
+                        }
+                    }
+                }
+                WsEvent::Binary(data) => {
+                    messages = true;
+                    match &self.hub {
+                        Some((conn, _)) => {
+                            let conn = *conn;
+                            let len = data.len();
+                            self.send_hub(Command::Binary { conn, len }).await;
+                        }
+                        None => {
+                            let _ = self.conn.send_binary(&data);
+                        }
+                    }
+                }
+                WsEvent::Ping(_) | WsEvent::Pong(_) => {}
+                WsEvent::Closed { code, reason, .. } => {
+                    trace!(?code, reason, "closing handshake complete");
+                    self.peer_code = Some(code);
+                }
+                WsEvent::Failed { code, reason } => {
+                    debug!(code, reason, "peer violated the protocol");
+                    self.failed = Some(code);
+                }
+            }
+        }
+        let now = Instant::now();
+        if messages {
+            self.last_activity = now;
+        } else if read_bytes && now.duration_since(self.last_activity) >= self.params.activity_every
+        {
+            self.last_activity = now;
+            if let Some((conn, _)) = &self.hub {
+                let conn = *conn;
+                self.send_hub(Command::Activity { conn }).await;
+            }
+        }
+        self.out.pull(&mut self.conn, false);
+    }
+
+    /// Starts our side of the closing handshake.
+    fn start_close(&mut self, code: u16, reason: &str) {
+        if self.conn.close(code, reason).is_ok() {
+            self.our_code = Some(code);
+        }
+        self.out.pull(&mut self.conn, false);
+        if self.close_deadline.is_none() {
+            self.close_deadline = Some(Instant::now() + self.params.close_timeout);
+        }
+    }
+
+    /// Applies one instruction from the hub. Returns `false` once nothing more will come.
+    fn apply(&mut self, out: ConnOut) -> bool {
+        match out {
+            ConnOut::Frame(frame) => {
+                // The connection's own queue is drained before every batch, so whatever
+                // comes out now is exactly this frame: tagged as hub bytes.
+                match self.conn.send_frame(frame) {
+                    Ok(()) => self.out.pull(&mut self.conn, true),
+                    // Closing: the hub no longer counts this connection's bytes.
+                    Err(SendError::Closed) => {}
+                    Err(e) => error!("hub frame refused by the connection: {e}"),
+                }
+                true
+            }
+            ConnOut::Ping => {
+                let _ = self.conn.send_ping(&[]);
+                self.out.pull(&mut self.conn, false);
+                true
+            }
+            ConnOut::Close { code, reason } => {
+                self.start_close(code, &reason);
+                false
+            }
+        }
+    }
+
+    /// Counts written hub bytes and reports them once enough accumulated.
+    async fn report_flushed(&mut self, bytes: usize) {
+        self.unreported += bytes;
+        if self.unreported >= self.params.flush_report_min {
+            let bytes = std::mem::take(&mut self.unreported);
+            if let Some((conn, _)) = &self.hub {
+                let conn = *conn;
+                self.send_hub(Command::Flushed { conn, bytes }).await;
+            }
+        }
+    }
+
+    /// The close code the connection ended with, for metrics.
+    fn final_code(&self, ending: &Ending) -> u16 {
+        if let Some(c) = self.failed.or(self.our_code) {
+            return c;
+        }
+        match (ending, self.peer_code) {
+            (_, Some(Some(c))) => c,
+            (_, Some(None)) => code::NO_STATUS,
+            _ => code::ABNORMAL,
+        }
+    }
+
+    /// Why the connection ended, for the hub (which ignores it when it closed the
+    /// connection itself).
+    fn disconnect_reason(&self) -> DisconnectReason {
+        match (self.failed, self.peer_code) {
+            (Some(code::TOO_BIG), _) => DisconnectReason::MessageTooBig,
+            (Some(c), _) => DisconnectReason::Closed { code: Some(c) },
+            (None, Some(c)) => DisconnectReason::Closed { code: c },
+            (None, None) => DisconnectReason::Closed {
+                code: Some(code::ABNORMAL),
+            },
+        }
+    }
+}
+
+async fn run<R, W>(mut reader: R, mut writer: W, early: Bytes, mode: Mode, params: SocketParams)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (hub, mut rx, mut shutdown) = match mode {
+        Mode::Hub { conn, commands, rx } => (Some((conn, commands)), Some(rx), None),
+        Mode::Echo { shutdown } => (None, None, Some(shutdown)),
+    };
+    let metrics = params.metrics.clone();
+    let mut s = Socket {
+        conn: Connection::server(params.conn_config.clone()),
+        out: OutQueue::default(),
+        hub,
+        params,
+        our_code: None,
+        peer_code: None,
+        failed: None,
+        close_deadline: None,
+        reply_deadline: None,
+        last_activity: Instant::now(),
+        unreported: 0,
+    };
+    let mut read_bytes = !early.is_empty();
+    if read_bytes {
+        metrics.read(early.len());
+        s.conn.handle_read(&early);
+    }
+    // Even empty, this may be a view of hyper's whole read buffer: let it go now rather
+    // than hold it for the life of the connection.
+    drop(early);
+    let ending = loop {
+        s.handle_events(read_bytes).await;
+        read_bytes = false;
+        if s.conn.is_closed() {
+            break Ending::Finished;
+        }
+        let now = Instant::now();
+        if s.conn.state() == State::Closing && s.out.is_empty() && s.reply_deadline.is_none() {
+            let bound = s.close_deadline.unwrap_or(now + s.params.close_timeout);
+            s.reply_deadline = Some((now + CLOSE_REPLY_WAIT).min(bound));
+        }
+        let wake = match (s.close_deadline, s.reply_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if wake.is_some_and(|w| w <= now) {
+            break Ending::TimedOut;
+        }
+        let conn = &mut s.conn;
+        let out = &s.out;
+        tokio::select! {
+            r = poll_fn(|cx| poll_read_into(&mut reader, cx, |b| conn.handle_read(b))) => match r {
+                Ok(0) => break Ending::Vanished,
+                Ok(n) => {
+                    metrics.read(n);
+                    read_bytes = true;
+                }
+                Err(e) => {
+                    trace!("read failed: {e}");
+                    break Ending::Vanished;
+                }
+            },
+            r = poll_fn(|cx| out.poll_write(&mut writer, cx)), if !out.is_empty() => match r {
+                Ok(n) => {
+                    metrics.written(n);
+                    let hub_bytes = s.out.advance(n);
+                    s.report_flushed(hub_bytes).await;
+                }
+                Err(e) => {
+                    trace!("write failed: {e}");
+                    break Ending::Vanished;
+                }
+            },
+            msg = recv_opt(&mut rx), if rx.is_some() => match msg {
+                Some(first) => {
+                    // Drain everything queued so it leaves in as few writes as possible.
+                    s.out.pull(&mut s.conn, false);
+                    let mut open = s.apply(first);
+                    while open {
+                        let Some(queue) = rx.as_mut() else { break };
+                        match queue.try_recv() {
+                            Ok(next) => open = s.apply(next),
+                            Err(_) => break,
+                        }
+                    }
+                    if !open {
+                        rx = None;
+                    }
+                }
+                None => {
+                    // The hub dropped our queue without a close: it is gone.
+                    rx = None;
+                    s.start_close(code::GOING_AWAY, "server shutting down");
+                }
+            },
+            _ = shutdown_changed(&mut shutdown), if shutdown.is_some() => {
+                shutdown = None;
+                s.start_close(code::GOING_AWAY, "server shutting down");
+            }
+            // Lazy: the timer is only created while closing, not on every wake-up.
+            () = sleep_opt(wake) => {
+                break Ending::TimedOut;
+            }
+        }
+    };
+    if matches!(ending, Ending::Finished) {
+        // Deliver our close frame (and what precedes it), then close our side and drain
+        // whatever the peer still sends until it closes too.
+        let deadline = s
+            .close_deadline
+            .unwrap_or_else(|| Instant::now() + s.params.close_timeout);
+        if let Ok(Ok(hub_bytes)) = timeout_at(deadline, s.out.write_all(&mut writer)).await {
+            s.report_flushed(hub_bytes).await;
+            let _ = timeout(LINGER, async {
+                let _ = writer.shutdown().await;
+                linger(&mut reader).await;
+            })
+            .await;
+        }
+    }
+    drop(writer);
+    drop(reader);
+    let code = s.final_code(&ending);
+    metrics.closed(code);
+    if let Some((conn, _)) = &s.hub {
+        let conn = *conn;
+        let reason = s.disconnect_reason();
+        trace!(%conn, code, "socket closed");
+        s.send_hub(Command::Disconnect { conn, reason }).await;
+    }
+}
+
+/// Reads and discards until the peer closes (bounded by the caller).
+async fn linger<R: AsyncRead + Unpin>(reader: &mut R) {
+    loop {
+        match poll_fn(|cx| poll_read_into(reader, cx, |_| {})).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without a deadline.
+pub(crate) async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::UnboundedReceiver<ConnOut>>) -> Option<ConnOut> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn shutdown_changed(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        Some(w) => {
+            // `wait_for` returns at once if shutdown already started; an error means the
+            // sender is gone, which is a shutdown too.
+            let _ = w.wait_for(|down| *down).await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Runs every roomcast test. Usage:
+#
+#   ./scripts/test.sh             # every stage, in order, stopping at the first failure
+#   ./scripts/test.sh STAGE...    # only those stages (e.g. `scenarios autobahn`)
+#   ./scripts/test.sh --list      # the stages
+#
+# It installs what it needs first (stage `prereqs`): the wasm32 target, and a Python venv
+# at .venv with the pinned tools of tests/requirements.txt. Every stage runs under a
+# timeout; every process a stage starts is stopped when it ends. The last line printed
+# is the test total: `total: N passed, M failed, K skipped`.
+#
+# Adding a stage: write `stage_NAME() { ... }` below and put NAME in STAGES.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# In order. Later stages slot in here as functions below, e.g. wasm_tests (wasm-bindgen-test
+# in headless Chromium), e2e (Playwright against the demo), worker (the scenario suite
+# against `worker/run-local.sh PORT` with ROOMCAST_TARGET=worker), bench_smoke.
+STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios autobahn fuzz)
+ARTIFACTS="$ROOT/tests/artifacts"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+PASSED=0
+FAILED=0
+SKIPPED=0
+CURRENT=""
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# count PASSED FAILED SKIPPED: adds to the totals.
+count() {
+	PASSED=$((PASSED + ${1:-0}))
+	FAILED=$((FAILED + ${2:-0}))
+	SKIPPED=$((SKIPPED + ${3:-0}))
+}
+
+# bounded SECONDS CMD...: runs CMD, killed (with its process group) after SECONDS.
+bounded() {
+	local secs=$1
+	shift
+	timeout --kill-after=20 "$secs" "$@"
+}
+
+on_exit() {
+	local rc=$?
+	trap - EXIT INT TERM
+	# Stop anything this script left running in the background (by pid: only ours).
+	local pids
+	pids="$(jobs -p || true)"
+	if [[ -n "$pids" ]]; then
+		# shellcheck disable=SC2086
+		kill $pids 2>/dev/null || true
+		wait 2>/dev/null || true
+	fi
+	if [[ $rc -ne 0 ]]; then
+		if [[ $FAILED -eq 0 ]]; then FAILED=1; fi
+		printf '\nFAILED: stage `%s` (exit %d)\n' "$CURRENT" "$rc"
+	else
+		printf '\nall stages passed\n'
+	fi
+	printf 'total: %d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
+	exit "$rc"
+}
+if [[ "${1:-}" == "--list" ]]; then
+	printf '%s\n' "${STAGES[@]}"
+	exit 0
+fi
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- stages -------------------------------------------------------------------------------
+
+stage_prereqs() {
+	if ! command -v cargo >/dev/null; then
+		echo "cargo not found: install Rust with rustup first" >&2
+		return 1
+	fi
+	local have
+	have="$(rustup component list --installed 2>/dev/null || true)"
+	for comp in rustfmt clippy; do
+		if ! grep -q "^$comp" <<<"$have"; then
+			bounded 600 rustup component add "$comp"
+		fi
+	done
+	if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+		bounded 600 rustup target add wasm32-unknown-unknown
+	fi
+	# Python tools, pinned; reinstalled when tests/requirements.txt changes.
+	local req="$ROOT/tests/requirements.txt"
+	local stamp="$VENV/.requirements.sha256"
+	local want
+	want="$(sha256sum "$req" | cut -d' ' -f1)"
+	if [[ ! -x "$PY" ]]; then
+		bounded 300 python3 -m venv "$VENV"
+	fi
+	if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+		bounded 600 "$PY" -m pip install --quiet --disable-pip-version-check -r "$req"
+		echo "$want" >"$stamp"
+	fi
+	"$PY" -c 'import pytest, websockets, kosoku' # fail here, not halfway through
+}
+
+stage_fmt() {
+	bounded 300 cargo fmt --all -- --check
+}
+
+stage_clippy() {
+	bounded 1800 cargo clippy --workspace --all-targets -- -D warnings
+}
+
+stage_cargo_test() {
+	local out="$ARTIFACTS/cargo-test.log"
+	local rc=0
+	bounded 2400 cargo test --workspace 2>&1 | tee "$out" || rc=$?
+	count_cargo_log "$out"
+	return "$rc"
+}
+
+stage_wasm_build() {
+	bounded 1200 cargo build -p roomcast-core --target wasm32-unknown-unknown
+}
+
+stage_wasm_test() {
+	# The core's simulation, client machine and codec on wasm32 (node), where an ambient
+	# clock or RNG would panic. Needs wasm-bindgen-test-runner at the lock file's version.
+	bounded 1800 ./scripts/ensure-wasm-bindgen.sh
+	local out="$ARTIFACTS/wasm-test.log" rc=0
+	bounded 1200 cargo test -p roomcast-core --target wasm32-unknown-unknown --test wasm 2>&1 | tee "$out" || rc=$?
+	count_cargo_log "$out"
+	return "$rc"
+}
+
+stage_fuzz() {
+	# Every fuzz target briefly on the kept corpus (60 s in all); long runs: scripts/fuzz.sh long
+	local out="$ARTIFACTS/fuzz.log" rc=0
+	bounded 2400 ./scripts/fuzz.sh smoke 2>&1 | tee "$out" || rc=$?
+	if [[ $rc -eq 0 ]]; then count 6 0 0; else count 0 1 0; fi
+	return "$rc"
+}
+
+# count_cargo_log FILE: adds the totals of every "test result:" line in a cargo test log.
+count_cargo_log() {
+	local p f i
+	read -r p f i < <(awk '/^test result:/ {
+		for (n = 1; n <= NF; n++) {
+			if ($(n+1) ~ /^passed/) p += $n
+			if ($(n+1) ~ /^failed/) f += $n
+			if ($(n+1) ~ /^ignored/) i += $n
+		}
+	} END { print p+0, f+0, i+0 }' "$1")
+	count "$p" "$f" "$i"
+}
+
+stage_scenarios() {
+	# Protocol scenario suite against the native server (the fixtures start the servers).
+	bounded 900 cargo build -p roomcast-tokio --bin roomcast
+	run_scenarios native ROOMCAST_TARGET=native ROOMCAST_BIN="$ROOT/target/debug/roomcast"
+}
+
+# run_scenarios LABEL [VAR=VALUE...]: the pytest suite of tests/scenarios with that
+# environment (e.g. ROOMCAST_TARGET=worker ROOMCAST_WS_URL=ws://127.0.0.1:PORT/hub/t/ws),
+# counted into the totals. Extra pytest arguments: PYTEST_ARGS="-k recovery -x".
+run_scenarios() {
+	local label=$1
+	shift
+	local xml="$ARTIFACTS/scenarios-$label.xml"
+	local rc=0
+	local extra=()
+	read -ra extra <<<"${PYTEST_ARGS:-}"
+	rm -rf "$xml" "$ARTIFACTS/servers" # server logs of this run land in $ARTIFACTS/servers
+	(
+		cd tests/scenarios
+		env "$@" timeout --kill-after=20 1200 \
+			"$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" "${extra[@]}"
+	) || rc=$?
+	junit_count "$xml"
+	if [[ $rc -eq 5 ]]; then
+		echo "pytest collected no test" >&2
+	fi
+	return "$rc"
+}
+
+stage_autobahn() {
+	local rc=0
+	KOSOKU="$VENV/bin/kosoku" PYTHON="$PY" ROOMCAST_BIN="$ROOT/target/debug/roomcast" \
+		bounded 2400 bash tests/autobahn/run.sh all || rc=$?
+	local f
+	for f in "$ARTIFACTS"/autobahn/*/counts.txt; do
+		[[ -f "$f" ]] || continue
+		# shellcheck disable=SC2046
+		count $(cat "$f")
+	done
+	return "$rc"
+}
+
+# junit_count FILE: adds a pytest junit XML's totals.
+junit_count() {
+	[[ -f "$1" ]] || return 0
+	# shellcheck disable=SC2046
+	count $("$PY" - "$1" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+t = f = s = 0
+for x in suites:
+    t += int(x.get("tests", 0)); s += int(x.get("skipped", 0))
+    f += int(x.get("failures", 0)) + int(x.get("errors", 0))
+print(t - f - s, f, s)
+EOF
+	)
+}
+
+# --- main ---------------------------------------------------------------------------------
+
+selected=("$@")
+if [[ ${#selected[@]} -eq 0 ]]; then
+	selected=("${STAGES[@]}")
+elif [[ " ${selected[*]} " != *" prereqs "* ]]; then
+	selected=(prereqs "${selected[@]}")
+fi
+
+mkdir -p "$ARTIFACTS"
+for stage in "${selected[@]}"; do
+	if ! declare -F "stage_$stage" >/dev/null; then
+		echo "unknown stage: $stage (see --list)" >&2
+		exit 2
+	fi
+	CURRENT="$stage"
+	log "$stage"
+	start=$SECONDS
+	"stage_$stage"
+	echo "--- $stage ok ($((SECONDS - start))s)"
+done
+CURRENT=""
