@@ -19,7 +19,7 @@ cd "$ROOT"
 # In order. Later stages slot in here as functions below, e.g. wasm_tests (wasm-bindgen-test
 # in headless Chromium), e2e (Playwright against the demo), worker (the scenario suite
 # against `worker/run-local.sh PORT` with ROOMCAST_TARGET=worker), bench_smoke.
-STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios autobahn fuzz)
+STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios autobahn browser fuzz)
 ARTIFACTS="$ROOT/tests/artifacts"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
@@ -135,6 +135,21 @@ stage_wasm_test() {
 	return "$rc"
 }
 
+# Browser: the wasm package in headless Chromium against a real server (wasm-bindgen-test)
+# and the chat demo end to end across a server restart (Playwright). Installs chromium and
+# chromium-driver (apt-get), wasm-bindgen-cli at Cargo.lock's version and tests/e2e's npm
+# packages (npm ci) when missing; builds www/pkg (the one release build).
+stage_browser() {
+	local rc=0 counts="$ARTIFACTS/browser/counts.txt"
+	rm -f "$counts"
+	bounded 3000 ./scripts/browser-tests.sh || rc=$?
+	if [[ -f "$counts" ]]; then
+		# shellcheck disable=SC2046
+		count $(cat "$counts") # "PASSED FAILED SKIPPED"
+	fi
+	return "$rc"
+}
+
 stage_fuzz() {
 	# Every fuzz target briefly on the kept corpus (60 s in all); long runs: scripts/fuzz.sh long
 	local out="$ARTIFACTS/fuzz.log" rc=0
@@ -159,7 +174,7 @@ count_cargo_log() {
 stage_scenarios() {
 	# Protocol scenario suite against the native server (the fixtures start the servers).
 	bounded 900 cargo build -p roomcast-tokio --bin roomcast
-	run_scenarios native ROOMCAST_TARGET=native ROOMCAST_BIN="$ROOT/target/debug/roomcast"
+	run_scenarios native ROOMCAST_TARGET=native ROOMCAST_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/roomcast"
 }
 
 # run_scenarios LABEL [VAR=VALUE...]: the pytest suite of tests/scenarios with that
@@ -187,7 +202,7 @@ run_scenarios() {
 
 stage_autobahn() {
 	local rc=0
-	KOSOKU="$VENV/bin/kosoku" PYTHON="$PY" ROOMCAST_BIN="$ROOT/target/debug/roomcast" \
+	KOSOKU="$VENV/bin/kosoku" PYTHON="$PY" ROOMCAST_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/roomcast" \
 		bounded 2400 bash tests/autobahn/run.sh all || rc=$?
 	local f
 	for f in "$ARTIFACTS"/autobahn/*/counts.txt; do

@@ -166,6 +166,15 @@ pub enum ClientEvent {
         /// True when nothing was lost.
         recovered: bool,
     },
+    /// The automatic rejoin after a reconnect was acknowledged: `ack` is the server's
+    /// raw join ack (members, present list, seq), so the application can refresh what it
+    /// shows about the room.
+    Rejoined {
+        /// The room.
+        room: String,
+        /// The raw ack JSON.
+        ack: String,
+    },
     /// Offline publishes were dropped because the queue was full (total so far).
     Dropped {
         /// How many have been dropped since the client started.
@@ -237,14 +246,17 @@ struct RoomState {
     /// ack says which epoch they belong to.
     pending_join: Option<u64>,
     held: Vec<(u64, Message)>,
-    /// The user's own join request id waiting for its ack.
-    user_request: Option<u64>,
+    /// The application's join request ids waiting for an ack (a second `join` before
+    /// the first is answered waits for the same ack).
+    waiting: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
 enum Pending {
     /// Internal rejoin or the user's join.
     Join(String),
+    /// A publish, with its room if it went to one.
+    Publish(Option<String>),
     Other,
 }
 
@@ -282,8 +294,8 @@ pub struct Client {
     state: ClientState,
     rooms: BTreeMap<String, RoomState>,
     channels: BTreeSet<String>,
-    /// Publishes (id, text) made while offline.
-    queue: VecDeque<(u64, String)>,
+    /// Publishes made while offline.
+    queue: VecDeque<(u64, Pending, String)>,
     dropped: u64,
     in_flight: BTreeMap<u64, InFlight>,
     next_id: u64,
@@ -488,11 +500,12 @@ impl Client {
             last_seq: None,
             pending_join: None,
             held: Vec::new(),
-            user_request: None,
+            waiting: Vec::new(),
         });
         entry.presence = presence;
-        entry.user_request = Some(id);
-        if self.is_open() {
+        entry.waiting.push(id);
+        let in_flight = entry.pending_join.is_some();
+        if self.is_open() && !in_flight {
             self.send_join(room, id, true);
         }
         Ok(id)
@@ -505,7 +518,19 @@ impl Client {
             return Err(ClientError::BadName);
         }
         let id = self.id();
-        let was = self.rooms.remove(room).is_some();
+        let removed = self.rooms.remove(room);
+        let was = removed.is_some();
+        if let Some(r) = removed {
+            for w in r.waiting {
+                // its ack (if the join was sent) is no longer awaited
+                self.in_flight.remove(&w);
+                self.event(ClientEvent::Error {
+                    id: Some(w),
+                    code: "cancelled".into(),
+                    message: "left the room before the join completed".into(),
+                });
+            }
+        }
         if self.is_open() && was {
             let text = serde_json::json!({"type":"leave","room":room,"id":id}).to_string();
             self.request(id, Pending::Other, true, text);
@@ -596,11 +621,15 @@ impl Client {
             text.push_str(",\"echo\":true");
         }
         text.push('}');
+        let kind = Pending::Publish(match target {
+            PublishTarget::Room(r) => Some(r),
+            _ => None,
+        });
         if self.is_open() {
-            self.request(id, Pending::Other, true, text);
+            self.request(id, kind, true, text);
         } else {
             if self.queue.len() >= self.config.offline_queue.max(1) {
-                if let Some((old, _)) = self.queue.pop_front() {
+                if let Some((old, _, _)) = self.queue.pop_front() {
                     self.dropped += 1;
                     self.event(ClientEvent::Error {
                         id: Some(old),
@@ -612,7 +641,7 @@ impl Client {
                     });
                 }
             }
-            self.queue.push_back((id, text));
+            self.queue.push_back((id, kind, text));
         }
         Ok(id)
     }
@@ -631,7 +660,7 @@ impl Client {
         }
         self.phase = Phase::Closed;
         self.fail_all("closed", "client closed");
-        let queued: Vec<u64> = self.queue.drain(..).map(|(id, _)| id).collect();
+        let queued: Vec<u64> = self.queue.drain(..).map(|(id, _, _)| id).collect();
         for id in queued {
             self.event(ClientEvent::Error {
                 id: Some(id),
@@ -715,7 +744,14 @@ impl Client {
                         if let Pending::Join(room) = &f.kind {
                             // a refused join: stop trying to hold this room
                             if self.rooms.get(room).is_some_and(|r| r.pending_join == id) {
-                                self.rooms.remove(room);
+                                let r = self.rooms.remove(room).expect("checked");
+                                for w in r.waiting.into_iter().filter(|&w| Some(w) != id) {
+                                    self.event(ClientEvent::Error {
+                                        id: Some(w),
+                                        code: msg.code.clone().unwrap_or_default(),
+                                        message: msg.message.clone().unwrap_or_default(),
+                                    });
+                                }
                             }
                         }
                         f.visible
@@ -751,7 +787,7 @@ impl Client {
         let rooms: Vec<(String, Option<u64>)> = self
             .rooms
             .iter()
-            .map(|(k, r)| (k.clone(), r.user_request))
+            .map(|(k, r)| (k.clone(), r.waiting.first().copied()))
             .collect();
         for (room, user_req) in rooms {
             match user_req {
@@ -768,8 +804,8 @@ impl Client {
             let text = serde_json::json!({"type":"subscribe","channel":ch,"id":id}).to_string();
             self.request(id, Pending::Other, false, text);
         }
-        while let Some((id, text)) = self.queue.pop_front() {
-            self.request(id, Pending::Other, true, text);
+        while let Some((id, kind, text)) = self.queue.pop_front() {
+            self.request(id, kind, true, text);
         }
     }
 
@@ -818,9 +854,7 @@ impl Client {
             if let Some(r) = self.rooms.get_mut(room) {
                 if r.pending_join == Some(id) {
                     r.pending_join = None;
-                    if r.user_request == Some(id) {
-                        r.user_request = None;
-                    }
+                    let others: Vec<u64> = r.waiting.drain(..).filter(|&w| w != id).collect();
                     let epoch = msg.epoch.clone();
                     let same_epoch = epoch.is_some() && epoch == r.epoch;
                     if !same_epoch {
@@ -853,6 +887,28 @@ impl Client {
                             recovered: rec,
                         });
                     }
+                    for w in others {
+                        self.event(ClientEvent::Ack {
+                            id: w,
+                            body: text.to_owned(),
+                        });
+                    }
+                    if !f.visible {
+                        self.event(ClientEvent::Rejoined {
+                            room: room.clone(),
+                            ack: text.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        if let (Pending::Publish(Some(room)), Some(seq)) = (&f.kind, msg.seq) {
+            // Everything in this room before our own message reached us before this ack
+            // (one connection, in order), and we are excluded from our own message: so
+            // the room position moves past it, and a rejoin will not replay it to us.
+            if let Some(r) = self.rooms.get_mut(room) {
+                if r.pending_join.is_none() {
+                    r.last_seq = Some(r.last_seq.map_or(seq, |l| l.max(seq)));
                 }
             }
         }
@@ -889,16 +945,22 @@ impl Client {
         }
     }
 
+    /// Settles every request still owed an answer (in flight, or a join not sent yet).
     fn fail_all(&mut self, code: &str, message: &str) {
-        let all: Vec<(u64, InFlight)> = std::mem::take(&mut self.in_flight).into_iter().collect();
-        for (id, f) in all {
-            if f.visible {
-                self.event(ClientEvent::Error {
-                    id: Some(id),
-                    code: code.into(),
-                    message: message.into(),
-                });
-            }
+        let mut ids: BTreeSet<u64> = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .filter(|(_, f)| f.visible)
+            .map(|(id, _)| id)
+            .collect();
+        for r in self.rooms.values_mut() {
+            ids.extend(r.waiting.drain(..));
+        }
+        for id in ids {
+            self.event(ClientEvent::Error {
+                id: Some(id),
+                code: code.into(),
+                message: message.into(),
+            });
         }
     }
 
@@ -912,21 +974,21 @@ impl Client {
                 Pending::Join(room) => {
                     if let Some(r) = self.rooms.get_mut(&room) {
                         r.pending_join = None;
-                        // a user's join stays owed an answer: the rejoin carries its id
-                        if f.visible {
-                            r.user_request = Some(id);
-                        }
+                        // a user's join stays in `waiting`: the rejoin carries its id
+                        let _ = id;
                         // held messages belonged to the dead socket's join: drop them,
                         // the rejoin replays them
                         r.held.clear();
                     }
                 }
-                Pending::Other if f.visible => self.event(ClientEvent::Error {
-                    id: Some(id),
-                    code: "disconnected".into(),
-                    message: "connection lost before the ack".into(),
-                }),
-                Pending::Other => {}
+                Pending::Other | Pending::Publish(_) if f.visible => {
+                    self.event(ClientEvent::Error {
+                        id: Some(id),
+                        code: "disconnected".into(),
+                        message: "connection lost before the ack".into(),
+                    })
+                }
+                Pending::Other | Pending::Publish(_) => {}
             }
         }
         self.attempt = self.attempt.saturating_add(1);
@@ -961,6 +1023,16 @@ impl Client {
                 if let Some(r) = self.rooms.get_mut(room) {
                     if r.pending_join == Some(id) {
                         r.pending_join = None;
+                        let others: Vec<u64> = r.waiting.drain(..).filter(|&w| w != id).collect();
+                        for w in others {
+                            self.outputs
+                                .push_back(ClientOutput::Event(ClientEvent::Error {
+                                    id: Some(w),
+                                    code: "timeout".into(),
+                                    message: "no answer from the server in time".into(),
+                                }));
+                        }
+                        let r = self.rooms.get_mut(room).expect("still here");
                         let held = std::mem::take(&mut r.held);
                         for (seq, m) in held {
                             if r.last_seq.is_some_and(|l| seq <= l) {

@@ -75,7 +75,7 @@ roomcast_bin() {
 		return
 	fi
 	timeout 1200 cargo build --quiet -p roomcast-tokio --bin roomcast >&2
-	echo "$ROOT/target/debug/roomcast"
+	echo "${CARGO_TARGET_DIR:-$ROOT/target}/debug/roomcast"
 }
 
 PASSED=0
@@ -144,7 +144,7 @@ run_client_mode() {
 	local client="${AUTOBAHN_CLIENT_BIN:-}"
 	if [[ -z "$client" ]]; then
 		timeout 1200 cargo build --quiet -p roomcast-tokio --example autobahn_client
-		client="$ROOT/target/debug/examples/autobahn_client"
+		client="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/autobahn_client"
 	fi
 	timeout --kill-after=10 1500 "$KOSOKU" -m fuzzingserver 127.0.0.1:0 -o "$dir" "${case_args[@]}" \
 		</dev/null >"$dir/kosoku.log" 2>&1 &

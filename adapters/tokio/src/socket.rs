@@ -269,7 +269,7 @@ impl Socket {
     fn disconnect_reason(&self) -> DisconnectReason {
         match (self.failed, self.peer_code) {
             (Some(code::TOO_BIG), _) => DisconnectReason::MessageTooBig,
-            (Some(c), _) => DisconnectReason::Closed { code: Some(c) },
+            (Some(c), _) => DisconnectReason::ProtocolError { code: c },
             (None, Some(c)) => DisconnectReason::Closed { code: c },
             (None, None) => DisconnectReason::Closed {
                 code: Some(code::ABNORMAL),

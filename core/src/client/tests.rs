@@ -362,3 +362,119 @@ fn bad_input_from_the_caller_is_refused() {
         Err(ClientError::BadData)
     );
 }
+
+fn errors(outs: &[ClientOutput]) -> Vec<(Option<u64>, String)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            ClientOutput::Event(ClientEvent::Error { id, code, .. }) => Some((*id, code.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(outs: &[ClientOutput]) -> Vec<u64> {
+    outs.iter()
+        .filter_map(|o| match o {
+            ClientOutput::Event(ClientEvent::Ack { id, .. }) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_join_request_is_settled() {
+    // two joins of one room before connecting: one wire join, both acked
+    let mut c = client();
+    drain(&mut c);
+    let a = c.join("r", false).unwrap();
+    let b = c.join("r", false).unwrap();
+    let outs = welcome(&mut c, 1);
+    let s = sent(&outs);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["id"], a);
+    c.handle_message(
+        Timestamp(2),
+        1,
+        &format!(r#"{{"type":"ack","id":{a},"room":"r","members":1,"epoch":"E","seq":0}}"#),
+    );
+    let mut got = acks(&drain(&mut c));
+    got.sort();
+    assert_eq!(got, vec![a, b]);
+
+    // a join made offline, then close(): settled with `closed`
+    let mut c = client();
+    drain(&mut c);
+    let j = c.join("r", false).unwrap();
+    c.close();
+    assert_eq!(
+        errors(&drain(&mut c)),
+        vec![(Some(j), "closed".to_string())]
+    );
+
+    // a join made offline, then leave(): settled with `cancelled`, never sent
+    let mut c = client();
+    drain(&mut c);
+    let j = c.join("r", false).unwrap();
+    c.leave("r").unwrap();
+    assert_eq!(
+        errors(&drain(&mut c)),
+        vec![(Some(j), "cancelled".to_string())]
+    );
+    assert!(sent(&welcome(&mut c, 1)).is_empty());
+}
+
+#[test]
+fn internal_rejoin_ack_is_reported_as_rejoined() {
+    let mut c = client();
+    welcome(&mut c, 0);
+    let j = c.join("r", true).unwrap();
+    c.handle_message(
+        Timestamp(1),
+        1,
+        &format!(
+            r#"{{"type":"ack","id":{j},"room":"r","members":1,"epoch":"E","seq":0,"present":[]}}"#
+        ),
+    );
+    c.handle_close(Timestamp(2), 1, None);
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    drain(&mut c);
+    let outs = welcome(&mut c, t.0);
+    let jid = sent(&outs)[0]["id"].as_u64().unwrap();
+    let ack = format!(
+        r#"{{"type":"ack","id":{jid},"room":"r","members":2,"epoch":"E","seq":0,"recovered":true,"present":[]}}"#
+    );
+    c.handle_message(Timestamp(t.0), c.socket, &ack);
+    let outs = drain(&mut c);
+    assert!(outs.contains(&ClientOutput::Event(ClientEvent::Rejoined {
+        room: "r".into(),
+        ack
+    })));
+}
+
+#[test]
+fn own_room_messages_are_not_replayed_after_a_reconnect() {
+    let mut c = client();
+    welcome(&mut c, 0);
+    let j = c.join("r", false).unwrap();
+    c.handle_message(
+        Timestamp(1),
+        1,
+        &format!(r#"{{"type":"ack","id":{j},"room":"r","members":2,"epoch":"E","seq":3}}"#),
+    );
+    let p = c
+        .publish(PublishTarget::Room("r".into()), "e", None, false)
+        .unwrap();
+    c.handle_message(
+        Timestamp(2),
+        1,
+        &format!(r#"{{"type":"ack","id":{p},"delivered":1,"seq":4}}"#),
+    );
+    assert_eq!(c.last_seq("r"), Some(4));
+    c.handle_close(Timestamp(3), 1, None);
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    drain(&mut c);
+    let s = sent(&welcome(&mut c, t.0));
+    assert_eq!(s[0]["since"], 4, "the rejoin starts after our own message");
+}

@@ -107,6 +107,12 @@ pub enum DisconnectReason {
     RateLimited,
     /// A message larger than `max_message_size`.
     MessageTooBig,
+    /// The peer broke RFC 6455 (the close code sent: 1002 protocol error, 1007 invalid
+    /// UTF-8): detected by the adapter's frame layer, not by the hub.
+    ProtocolError {
+        /// The close code sent.
+        code: u16,
+    },
     /// The application closed it through [`Hub::disconnect`].
     Kicked {
         /// The close code sent.
@@ -123,6 +129,7 @@ impl DisconnectReason {
             DisconnectReason::SlowConsumer => "slow_consumer",
             DisconnectReason::RateLimited => "rate_limited",
             DisconnectReason::MessageTooBig => "message_too_big",
+            DisconnectReason::ProtocolError { .. } => "protocol_error",
             DisconnectReason::Kicked { .. } => "kicked",
         }
     }

@@ -1,0 +1,306 @@
+// roomcast chat demo: a small app on the `roomcast` package (./pkg, built by
+// scripts/build-wasm.sh). Reconnecting, rejoining and replaying missed messages are the
+// package's job; this file only renders what it reports.
+import init, { RoomcastClient } from "./pkg/roomcast_browser.js";
+
+const $ = (id) => document.getElementById(id);
+const EVENT = "chat";
+
+/**
+ * The WebSocket endpoint: `?ws=URL` > `<meta name="roomcast-ws">` > `?hub=NAME` or a page
+ * under /hub/NAME/ (Cloudflare worker: /hub/NAME/ws) > /ws (native server).
+ */
+function wsUrl() {
+  const params = new URLSearchParams(location.search);
+  if (params.get("ws")) return params.get("ws");
+  const meta = document.querySelector('meta[name="roomcast-ws"]')?.content.trim();
+  if (meta) return meta;
+  if (params.get("hub")) return `/hub/${encodeURIComponent(params.get("hub"))}/ws`;
+  const under = location.pathname.match(/^\/hub\/([^/]+)\//); // already URL-encoded
+  return under ? `/hub/${under[1]}/ws` : "/ws";
+}
+
+/** An id that makes a message idempotent: a resend after a lost ack is shown once. */
+function messageId() {
+  if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+
+let client = null;
+let me = { name: "", conn: "" };
+let room = "";
+let welcomed = 0; // welcomes seen by this client: the second one means "reconnected"
+let rosterStale = false;
+let rejoining = false; // welcomed again: the next `recovered` is the rejoin's
+let countdown = 0;
+/** Rendered chat messages by id: what makes each one appear exactly once. */
+let shown = new Map();
+/** conn -> user, for the people list. */
+let roster = new Map();
+
+// --- connection state -------------------------------------------------------------------
+
+function showState(s) {
+  const el = $("conn");
+  clearInterval(countdown);
+  el.dataset.state = s.state;
+  const text = $("conn-text");
+  switch (s.state) {
+    case "connecting":
+      text.textContent = welcomed ? "reconnecting…" : "connecting…";
+      break;
+    case "open":
+      text.textContent = "online";
+      break;
+    case "reconnecting": {
+      const tick = () => {
+        const secs = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
+        text.textContent = secs > 0 ? `offline, reconnecting in ${secs} s` : "reconnecting…";
+      };
+      tick();
+      countdown = setInterval(tick, 250);
+      rosterStale = true; // shown greyed: the last list we knew
+      renderPeople();
+      break;
+    }
+    case "closed":
+      text.textContent = s.code === 1008 ? "disconnected by the server" : "not connected";
+      break;
+  }
+}
+
+// --- people -----------------------------------------------------------------------------
+
+function renderPeople() {
+  const byUser = new Map();
+  for (const user of roster.values()) {
+    const name = user ?? "anonymous";
+    byUser.set(name, (byUser.get(name) ?? 0) + 1);
+  }
+  const names = [...byUser.keys()].sort((a, b) =>
+    a === me.name ? -1 : b === me.name ? 1 : a.localeCompare(b));
+  const list = $("people");
+  list.replaceChildren(...names.map((name) => {
+    const li = document.createElement("li");
+    li.dataset.user = name;
+    const avatar = document.createElement("span");
+    avatar.className = "avatar";
+    avatar.textContent = name.slice(0, 1).toUpperCase();
+    avatar.style.background = colorFor(name);
+    const label = document.createElement("span");
+    label.textContent = name + (name === me.name ? " (you)" : "");
+    li.append(avatar, label);
+    const tabs = byUser.get(name);
+    if (tabs > 1) {
+      const n = document.createElement("small");
+      n.textContent = `×${tabs}`;
+      li.append(n);
+    }
+    return li;
+  }));
+  $("people-count").textContent = String(names.length);
+  document.querySelector(".people").classList.toggle("stale", rosterStale);
+}
+
+function setRoster(present) {
+  roster = new Map((present ?? []).map((p) => [p.conn, p.user]));
+  rosterStale = false;
+  renderPeople();
+}
+
+function colorFor(name) {
+  let h = 0;
+  for (const c of name) h = (h * 31 + c.codePointAt(0)) % 360;
+  return `hsl(${h} 55% 45%)`;
+}
+
+// --- messages ---------------------------------------------------------------------------
+
+function addNotice(text) {
+  const li = document.createElement("li");
+  li.className = "notice";
+  li.textContent = text;
+  append(li);
+}
+
+function append(li) {
+  const list = $("messages");
+  const timeline = list.parentElement;
+  const atBottom = timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 40;
+  list.append(li);
+  $("empty").hidden = true;
+  if (atBottom || li.classList.contains("own")) timeline.scrollTop = timeline.scrollHeight;
+}
+
+function renderMessage({ id, text, ts }, from, own) {
+  const li = document.createElement("li");
+  li.className = own ? "msg own" : "msg";
+  li.dataset.id = id;
+  li.dataset.from = from;
+  const head = document.createElement("div");
+  head.className = "meta";
+  const who = document.createElement("strong");
+  who.textContent = own ? "you" : from;
+  who.style.color = own ? "" : colorFor(from);
+  const when = document.createElement("time");
+  const date = new Date(Number.isFinite(ts) ? ts : Date.now());
+  when.dateTime = date.toISOString();
+  when.textContent = timeFormat.format(date);
+  when.title = date.toLocaleString();
+  const status = document.createElement("span");
+  status.className = "status";
+  head.append(who, when, status);
+  const body = document.createElement("p");
+  body.className = "text";
+  body.textContent = text;
+  li.append(head, body);
+  shown.set(id, li);
+  append(li);
+  return li;
+}
+
+function setStatus(li, status, detail = "") {
+  li.dataset.status = status;
+  const el = li.querySelector(".status");
+  el.textContent = { queued: "queued", sending: "sending…", sent: "✓", failed: "not sent" }[status];
+  el.title = detail;
+}
+
+function onMessage(m) {
+  if (m.room !== room || m.event !== EVENT) return;
+  const data = m.data ?? {};
+  if (typeof data.id !== "string" || typeof data.text !== "string") return;
+  const seen = shown.get(data.id);
+  if (seen) {
+    // our own message replayed after a reconnect, or a resend whose first copy arrived
+    if (seen.dataset.status !== "failed") setStatus(seen, "sent");
+    document.body.dataset.repeats = String(Number(document.body.dataset.repeats ?? 0) + 1);
+    return;
+  }
+  const from = m.from?.user ?? "anonymous";
+  renderMessage(data, from, from === me.name);
+}
+
+/** Publishes until acked; a publish lost with its connection is sent again (same id). */
+function send(data, li) {
+  setStatus(li, client.state.state === "open" ? "sending" : "queued");
+  client.publish({ room, event: EVENT, data }).then(
+    () => setStatus(li, "sent"),
+    (err) => {
+      if ((err.code === "disconnected" || err.code === "timeout") && client) {
+        send(data, li); // queued until the rejoin, then sent
+      } else {
+        setStatus(li, "failed", `${err.code}: ${err.message}`);
+      }
+    });
+}
+
+// --- wiring -----------------------------------------------------------------------------
+
+function start(name, roomName) {
+  me = { name, conn: "" };
+  room = roomName;
+  welcomed = 0;
+  rejoining = false;
+  rosterStale = false;
+  shown = new Map();
+  roster = new Map();
+  $("messages").replaceChildren();
+  $("empty").hidden = false;
+  $("room-title").textContent = `# ${room}`;
+  document.title = `${room} · roomcast chat`;
+
+  client = new RoomcastClient(wsUrl(), { user: name });
+  client.on("state", showState);
+  client.on("welcome", (w) => {
+    me.conn = w.conn;
+    welcomed += 1;
+    if (welcomed > 1) rejoining = true;
+  });
+  client.on("message", onMessage);
+  client.on("presence", (p) => {
+    if (p.room !== room) return;
+    for (const x of p.left) roster.delete(x.conn);
+    for (const x of p.joined) roster.set(x.conn, x.user);
+    renderPeople();
+  });
+  client.on("recovered", (r) => {
+    if (r.room !== room || !rejoining) return;
+    rejoining = false;
+    addNotice(r.recovered
+      ? "Reconnected: nothing was missed."
+      : "Reconnected: the server restarted; showing the messages it kept.");
+  });
+  // The automatic rejoin's ack carries who is here now.
+  client.on("rejoined", (r) => {
+    if (r.room === room) setRoster(r.ack.present);
+  });
+  client.on("error", (e) => console.warn("roomcast:", e.code, e.message));
+  showState(client.state);
+
+  $("join").hidden = true;
+  $("chat").hidden = false;
+  $("text").focus();
+  return client.join(room, { presence: true }).then(
+    (ack) => setRoster(ack.present),
+    (err) => fail(`Could not join: ${err.message} (${err.code})`));
+}
+
+function stop() {
+  client?.close();
+  client = null;
+  clearInterval(countdown);
+  $("conn").dataset.state = "idle";
+  $("conn-text").textContent = "not connected";
+  $("chat").hidden = true;
+  $("join").hidden = false;
+}
+
+function fail(message) {
+  stop();
+  const e = $("join-error");
+  e.textContent = message;
+  e.hidden = false;
+}
+
+async function main() {
+  await init();
+  const params = new URLSearchParams(location.search);
+  $("name").value = params.get("name") ?? localStorage.getItem("roomcast.name") ?? "";
+  $("room").value = params.get("room") ?? localStorage.getItem("roomcast.room") ?? "lobby";
+
+  $("join").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const name = $("name").value.trim();
+    const roomName = $("room").value.trim();
+    if (!name || !roomName) return;
+    $("join-error").hidden = true;
+    localStorage.setItem("roomcast.name", name);
+    localStorage.setItem("roomcast.room", roomName);
+    try {
+      start(name, roomName);
+    } catch (err) {
+      fail(err.message); // e.g. a name with control characters
+    }
+  });
+  $("leave").addEventListener("click", stop);
+  $("composer").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = $("text").value.trim();
+    if (!text || !client) return;
+    $("text").value = "";
+    const data = { id: messageId(), text, ts: Date.now() };
+    send(data, renderMessage(data, me.name, true));
+  });
+  document.body.dataset.ready = "1"; // for tests: the module and the wasm are loaded
+}
+
+main().catch((err) => {
+  document.body.dataset.ready = "error";
+  const e = $("join-error");
+  e.textContent = `Could not load the client: ${err.message}`;
+  e.hidden = false;
+});
