@@ -47,6 +47,19 @@ CAPABILITIES: dict[str, dict[str, str | None]] = {
         "worker": "the process belongs to workerd/wrangler; there is no SIGTERM shutdown "
         "of one hub to observe",
     },
+    "frame_validation": {
+        "native": None,
+        "worker": "workerd validates client frames itself before the Durable Object sees "
+        "them: it decodes invalid UTF-8 as U+FFFD (no 1007), accepts unmasked client frames "
+        "and control frames over 125 bytes, and after a 1002 waits for the peer instead of "
+        "dropping TCP",
+    },
+    "handshake_validation": {
+        "native": None,
+        "worker": "locally, workerd's entry re-issues the upgrade with a key of its own, so "
+        "a malformed Sec-WebSocket-Key never reaches roomcast (a missing key and a wrong "
+        "version are still refused)",
+    },
     "spawn_configured": {
         "native": None,
         "worker": "a differently configured hub needs its own deployment: set "

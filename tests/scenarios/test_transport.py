@@ -40,6 +40,7 @@ def test_raw_handshake_accepted(ws_url):
     "key", ["not-a-valid-key", "dG9vIHNob3J0", ""], ids=["garbage", "12-bytes", "empty"]
 )
 def test_handshake_bad_key_400(ws_url, key):
+    require("handshake_validation")
     assert status_of(ws_url, key=key).status == 400
 
 
@@ -130,6 +131,7 @@ def test_fragmented_message_reassembled(ws_url):
 
 
 def test_invalid_utf8_closes_1007(ws_url):
+    require("frame_validation")
     with open_raw(ws_url) as ws:
         ws.send_frame(OP_TEXT, b'{"type":"ping","x":"\xff\xfe"}')
         code, eof = ws.wait_close()
@@ -138,6 +140,7 @@ def test_invalid_utf8_closes_1007(ws_url):
 
 
 def test_invalid_utf8_across_fragments_closes_1007(ws_url):
+    require("frame_validation")
     with open_raw(ws_url) as ws:
         # a 3-byte sequence cut after its lead byte, followed by ASCII
         ws.send_frame(OP_TEXT, b'{"type":"ping","x":"\xe2', fin=False)
@@ -147,6 +150,7 @@ def test_invalid_utf8_across_fragments_closes_1007(ws_url):
 
 
 def test_unmasked_client_frame_closes_1002(ws_url):
+    require("frame_validation")
     with open_raw(ws_url) as ws:
         ws.send_frame(OP_TEXT, b'{"type":"ping","id":1}', mask=False)
         code, eof = ws.wait_close()
@@ -167,6 +171,7 @@ def test_unmasked_client_frame_closes_1002(ws_url):
     ids=["reserved-opcode", "rsv1", "orphan-continuation", "fragmented-ping", "long-ping", "close-999"],
 )
 def test_protocol_violation_closes_1002(ws_url, frame):
+    require("frame_validation")
     with open_raw(ws_url) as ws:
         ws.send(frame)
         code, _ = ws.wait_close()

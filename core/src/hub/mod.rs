@@ -183,6 +183,12 @@ pub enum Event {
         /// The room.
         room: Arc<str>,
     },
+    /// A room no longer exists (emptied and its history expired, or removed by the
+    /// server): storage kept for it (a Durable Object's rows) can go.
+    RoomRemoved {
+        /// The room.
+        room: Arc<str>,
+    },
     /// A connection subscribed to a channel.
     Subscribed {
         /// The connection.
@@ -1240,7 +1246,7 @@ impl Hub {
         self.maybe_remove_room(rk, now);
     }
 
-    fn maybe_remove_room(&mut self, rk: usize, now: Timestamp) {
+    pub(crate) fn maybe_remove_room(&mut self, rk: usize, now: Timestamp) {
         let hist = &self.config.history;
         let r = &self.rooms[rk];
         if !r.members.is_empty() || r.persistent || !r.channels.is_empty() {
@@ -1258,11 +1264,17 @@ impl Hub {
                 return;
             }
         }
-        let r = self.rooms.remove(rk);
-        self.room_names.remove(&r.name);
+        self.drop_room(rk);
     }
 
-    fn trim_history(&mut self, rk: usize, now: Timestamp) {
+    fn drop_room(&mut self, rk: usize) {
+        let r = self.rooms.remove(rk);
+        self.room_names.remove(&r.name);
+        self.outputs
+            .push_back(Output::Event(Event::RoomRemoved { room: r.name }));
+    }
+
+    pub(crate) fn trim_history(&mut self, rk: usize, now: Timestamp) {
         let hist = &self.config.history;
         let r = &mut self.rooms[rk];
         while let Some(front) = r.history.front() {
@@ -1619,8 +1631,7 @@ impl Hub {
             self.channels[ck].rooms.swap_remove(&rk);
             self.maybe_remove_channel(ck);
         }
-        let r = self.rooms.remove(rk);
-        self.room_names.remove(&r.name);
+        self.drop_room(rk);
         Ok(())
     }
 

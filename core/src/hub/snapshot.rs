@@ -279,6 +279,13 @@ impl Hub {
             }
             hub.schedule_conn(*id);
         }
+        // Restored rooms obey the same rules as live ones: history past its age goes, and
+        // an empty room either waits for its history to expire or goes now.
+        let rooms: Vec<usize> = hub.rooms.iter().map(|(rk, _)| rk).collect();
+        for rk in rooms {
+            hub.trim_history(rk, now);
+            hub.maybe_remove_room(rk, now);
+        }
         hub
     }
 

@@ -1047,3 +1047,43 @@ fn output_stays_small() {
         std::mem::size_of::<Output>()
     );
 }
+
+#[test]
+fn restore_expires_old_history_and_reports_removed_rooms() {
+    let mut t = history_hub();
+    let a = t.connect(None);
+    t.join(a, "gone");
+    t.join(a, "kept");
+    t.send(a, json!({"type":"publish","room":"gone","event":"e"}));
+    t.take(a);
+    let rooms = vec![
+        t.hub.snapshot_room("gone").unwrap(),
+        t.hub.snapshot_room("kept").unwrap(),
+    ];
+    // restored 2 minutes later with nobody connected: "gone" has history older than
+    // the 60 s age, "kept" has none
+    let mut hub = Hub::restore(
+        t.hub.config().clone(),
+        [1; 32],
+        Timestamp(120_000),
+        rooms,
+        vec![],
+        vec![],
+    );
+    hub.check_invariants();
+    assert_eq!(hub.stats().rooms, 0);
+    let mut removed: Vec<String> = std::iter::from_fn(|| hub.poll_output())
+        .filter_map(|o| match o {
+            Output::Event(Event::RoomRemoved { room }) => Some(room.to_string()),
+            _ => None,
+        })
+        .collect();
+    removed.sort();
+    assert_eq!(removed, vec!["gone", "kept"]);
+    // and leaving a room removes it with an event too
+    t.ask(a, json!({"type":"leave","room":"kept"}));
+    assert!(t
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::RoomRemoved { room } if &**room == "kept")));
+}
