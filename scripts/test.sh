@@ -19,7 +19,7 @@ cd "$ROOT"
 # In order. Later stages slot in here as functions below, e.g. wasm_tests (wasm-bindgen-test
 # in headless Chromium), e2e (Playwright against the demo), worker (the scenario suite
 # against `worker/run-local.sh PORT` with ROOMCAST_TARGET=worker), bench_smoke.
-STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios autobahn browser fuzz)
+STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios autobahn browser worker fuzz)
 ARTIFACTS="$ROOT/tests/artifacts"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
@@ -149,6 +149,12 @@ stage_browser() {
 	fi
 	return "$rc"
 }
+
+# The Cloudflare Worker under `wrangler dev --local` (workerd): deploy dry-run, the same
+# scenario suite, and the hibernation tests. worker/worker_tests.bash holds the function.
+# shellcheck source=../worker/worker_tests.bash
+source "$ROOT/worker/worker_tests.bash"
+stage_worker() { worker_tests; }
 
 stage_fuzz() {
 	# Every fuzz target briefly on the kept corpus (60 s in all); long runs: scripts/fuzz.sh long

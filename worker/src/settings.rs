@@ -1,0 +1,266 @@
+//! The hub configuration of a deployment, read from Worker variables.
+//!
+//! The variables carry the same names and meanings as the native server's environment
+//! variables (`ROOMCAST_MAX_CONNECTIONS`, ...), so one set of values configures either
+//! runtime. What differs is forced by the platform and fixed here: the hub never sends
+//! protocol pings (workerd owns the sockets and an idle hub must be able to sleep), and
+//! history is on by default because a Durable Object keeps it in its own storage.
+
+use roomcast_core::handshake::ServerPolicy;
+use roomcast_core::hub::{HeartbeatConfig, HistoryConfig, HubConfig};
+use thiserror::Error;
+
+/// The subprotocol offered to clients that ask for one (same as the native server).
+pub const SUBPROTOCOL: &str = "roomcast.v1";
+
+/// Messages kept per room when `ROOMCAST_HISTORY` is not set.
+pub const DEFAULT_HISTORY: usize = 100;
+
+/// Every variable read, for documentation and error messages.
+pub const VARIABLES: &[&str] = &[
+    "ROOMCAST_ALLOWED_ORIGIN",
+    "ROOMCAST_MAX_CONNECTIONS",
+    "ROOMCAST_MAX_MESSAGE_SIZE",
+    "ROOMCAST_HISTORY",
+    "ROOMCAST_HISTORY_AGE",
+    "ROOMCAST_PING_INTERVAL",
+    "ROOMCAST_PONG_TIMEOUT",
+];
+
+/// A variable that could not be understood. Deploying with a typo must fail loudly (every
+/// upgrade answers 500 naming the variable) rather than silently run with defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{name}={value:?}: {problem}")]
+pub struct SettingsError {
+    /// The variable.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// What one deployment runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Configuration of every hub (one per Durable Object).
+    pub hub: HubConfig,
+    /// Handshake policy (allowed origins, subprotocol).
+    pub policy: ServerPolicy,
+}
+
+impl Settings {
+    /// Reads the settings through `var`, which returns a variable's value if it is set.
+    /// Empty values count as unset, so a variable can be blanked in `wrangler.toml`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingsError> {
+        let get = |name: &'static str| {
+            var(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .map(|v| (name, v))
+        };
+        let mut hub = HubConfig {
+            heartbeat: HeartbeatConfig {
+                server_pings: false,
+                ..HeartbeatConfig::default()
+            },
+            history: HistoryConfig {
+                max_messages: DEFAULT_HISTORY,
+                ..HistoryConfig::default()
+            },
+            ..HubConfig::default()
+        };
+        if let Some((name, v)) = get("ROOMCAST_MAX_CONNECTIONS") {
+            hub.max_connections = parse_count(name, &v, 1)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_MAX_MESSAGE_SIZE") {
+            hub.max_message_size = parse_size(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_HISTORY") {
+            hub.history.max_messages = parse_count(name, &v, 0)?;
+        }
+        // Worker only: the native server keeps history in memory for a fixed 5 minutes;
+        // a Durable Object keeps it in storage and may keep it longer (or, for tests,
+        // shorter, to watch the expiry alarm fire).
+        if let Some((name, v)) = get("ROOMCAST_HISTORY_AGE") {
+            hub.history.max_age_ms = parse_millis(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_PING_INTERVAL") {
+            hub.heartbeat.interval_ms = parse_millis(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_PONG_TIMEOUT") {
+            hub.heartbeat.timeout_ms = parse_millis(name, &v)?;
+        }
+        let allowed_origins = get("ROOMCAST_ALLOWED_ORIGIN")
+            .map(|(_, v)| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Settings {
+            hub,
+            policy: ServerPolicy {
+                allowed_origins,
+                subprotocols: vec![SUBPROTOCOL.to_owned()],
+            },
+        })
+    }
+}
+
+fn bad(name: &'static str, value: &str, problem: impl Into<String>) -> SettingsError {
+    SettingsError {
+        name,
+        value: value.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+fn parse_count(name: &'static str, v: &str, min: usize) -> Result<usize, SettingsError> {
+    let n: usize = v
+        .parse()
+        .map_err(|_| bad(name, v, "expected a whole number"))?;
+    if n < min {
+        return Err(bad(name, v, format!("must be at least {min}")));
+    }
+    Ok(n)
+}
+
+/// `1048576`, `64KiB`/`64K`, `1MiB`/`1M`, `1KB`, `1MB`: the native server's units.
+fn parse_size(name: &'static str, v: &str) -> Result<usize, SettingsError> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| bad(name, v, "expected a number of bytes"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        _ => return Err(bad(name, v, "unknown unit (use KiB, MiB, KB, MB)")),
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| bad(name, v, "too large"))?;
+    if bytes == 0 {
+        return Err(bad(name, v, "must be at least 1 byte"));
+    }
+    Ok(bytes)
+}
+
+/// `25s`, `500ms`, `2m` or a bare number of milliseconds.
+fn parse_millis(name: &'static str, v: &str) -> Result<u64, SettingsError> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| bad(name, v, "expected a duration such as 25s or 500ms"))?;
+    let mult = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        _ => return Err(bad(name, v, "unknown unit (use ms, s, m)")),
+    };
+    let ms = n
+        .checked_mul(mult)
+        .ok_or_else(|| bad(name, v, "too large"))?;
+    if ms == 0 {
+        return Err(bad(name, v, "must be positive"));
+    }
+    Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_protocol_defaults_with_history_and_no_server_pings() {
+        let s = with(&[]).unwrap();
+        let d = HubConfig::default();
+        assert!(!s.hub.heartbeat.server_pings);
+        assert_eq!(s.hub.heartbeat.interval_ms, d.heartbeat.interval_ms);
+        assert_eq!(s.hub.history.max_messages, DEFAULT_HISTORY);
+        assert_eq!(s.hub.history.max_age_ms, d.history.max_age_ms);
+        assert_eq!(s.hub.max_rooms_per_conn, d.max_rooms_per_conn);
+        assert_eq!(s.hub.max_message_size, 1 << 20);
+        assert!(s.policy.allowed_origins.is_empty());
+        assert_eq!(s.policy.subprotocols, vec![SUBPROTOCOL.to_owned()]);
+    }
+
+    #[test]
+    fn variables() {
+        let s = with(&[
+            ("ROOMCAST_MAX_CONNECTIONS", "2"),
+            ("ROOMCAST_MAX_MESSAGE_SIZE", "64KiB"),
+            ("ROOMCAST_HISTORY", "0"),
+            ("ROOMCAST_HISTORY_AGE", "2m"),
+            ("ROOMCAST_PING_INTERVAL", "500ms"),
+            ("ROOMCAST_PONG_TIMEOUT", "2s"),
+            (
+                "ROOMCAST_ALLOWED_ORIGIN",
+                " http://a.example, https://b.example ,",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.hub.max_connections, 2);
+        assert_eq!(s.hub.max_message_size, 65536);
+        assert_eq!(s.hub.history.max_messages, 0);
+        assert_eq!(s.hub.history.max_age_ms, 120_000);
+        assert_eq!(s.hub.heartbeat.interval_ms, 500);
+        assert_eq!(s.hub.heartbeat.timeout_ms, 2000);
+        assert_eq!(
+            s.policy.allowed_origins,
+            vec![
+                "http://a.example".to_owned(),
+                "https://b.example".to_owned()
+            ]
+        );
+        assert_eq!(
+            with(&[("ROOMCAST_MAX_MESSAGE_SIZE", "1024")])
+                .unwrap()
+                .hub
+                .max_message_size,
+            1024
+        );
+        assert_eq!(
+            with(&[("ROOMCAST_HISTORY", " ")])
+                .unwrap()
+                .hub
+                .history
+                .max_messages,
+            100
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        for (k, v) in [
+            ("ROOMCAST_MAX_CONNECTIONS", "0"),
+            ("ROOMCAST_MAX_CONNECTIONS", "many"),
+            ("ROOMCAST_MAX_MESSAGE_SIZE", "0"),
+            ("ROOMCAST_MAX_MESSAGE_SIZE", "1 parsec"),
+            ("ROOMCAST_MAX_MESSAGE_SIZE", "99999999999999999999M"),
+            ("ROOMCAST_PING_INTERVAL", "soon"),
+            ("ROOMCAST_PONG_TIMEOUT", "0s"),
+        ] {
+            let e = with(&[(k, v)]).unwrap_err();
+            assert_eq!(e.name, k);
+            assert!(e.to_string().starts_with(k), "{e}");
+        }
+    }
+}

