@@ -74,6 +74,8 @@ PROFILES: dict[str, list[str]] = {
     "MAX_CONNECTIONS": ["--max-connections", "2"],
     "ORIGIN": ["--allowed-origin", "http://good.example"],
     "FAST_PING": ["--ping-interval", "200ms", "--pong-timeout", "200ms"],
+    "ROOM_LIMIT": ["--max-room-members", "1"],
+    "NO_ROOM_CREATION": ["--no-room-creation"],
 }
 
 
@@ -250,6 +252,18 @@ def _profile(name: str):
     s = start_server(*PROFILES[name], name=name.lower())
     yield Endpoint(s.ws_url, s.http_url, s)
     s.terminate()
+
+
+@pytest.fixture(scope="session")
+def room_limit_server():
+    """`--max-room-members 1`: a second member gets `room_full`."""
+    yield from _profile("ROOM_LIMIT")
+
+
+@pytest.fixture(scope="session")
+def no_room_creation_server():
+    """`--no-room-creation`: clients may only join rooms the server created."""
+    yield from _profile("NO_ROOM_CREATION")
 
 
 @pytest.fixture(scope="session")

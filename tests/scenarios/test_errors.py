@@ -274,15 +274,27 @@ async def test_too_many_subscriptions(c):
     assert r["type"] == "ack", r
 
 
-def test_room_full():
-    pytest.skip(
-        "room_full needs a per-room member limit (HubConfig::max_room_members), which the "
-        "roomcast binary exposes no flag for"
-    )
+async def test_room_full(room_limit_server):
+    room = uid("full")
+    a = await Client.open(room_limit_server.ws_url)
+    b = await Client.open(room_limit_server.ws_url)
+    try:
+        await a.ok({"type": "join", "room": room})
+        r = await b.request({"type": "join", "room": room})
+        assert r["type"] == "error" and r["code"] == "room_full", r
+        # the first member leaving makes room again
+        await a.ok({"type": "leave", "room": room})
+        await b.ok({"type": "join", "room": room})
+    finally:
+        await a.close()
+        await b.close()
 
 
-def test_forbidden():
-    pytest.skip(
-        "forbidden needs rooms that clients may not create (HubConfig::clients_create_rooms "
-        "= false), which the roomcast binary exposes no flag for"
-    )
+async def test_forbidden(no_room_creation_server):
+    c = await Client.open(no_room_creation_server.ws_url)
+    try:
+        r = await c.request({"type": "join", "room": uid("new")})
+        assert r["type"] == "error" and r["code"] == "forbidden", r
+        assert await c.barrier() == [], "the refusal changed nothing else"
+    finally:
+        await c.close()
