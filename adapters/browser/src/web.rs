@@ -547,16 +547,7 @@ impl RoomcastClient {
     /// Leaves `room`; it is no longer rejoined.
     #[wasm_bindgen(unchecked_return_type = "Promise<RoomcastAck>")]
     pub fn leave(&self, #[wasm_bindgen(unchecked_param_type = "string")] room: JsValue) -> Promise {
-        let r = match room.as_string() {
-            Some(room) => self
-                .inner
-                .machine
-                .borrow_mut()
-                .leave(&room)
-                .map_err(client_error),
-            None => Err(js_error("bad_request", "room must be a string", None)),
-        };
-        self.inner.request(r)
+        self.named_request(room, "room", Client::leave)
     }
 
     /// Subscribes to `channel` and keeps the subscription across reconnects.
@@ -565,16 +556,7 @@ impl RoomcastClient {
         &self,
         #[wasm_bindgen(unchecked_param_type = "string")] channel: JsValue,
     ) -> Promise {
-        let r = match channel.as_string() {
-            Some(c) => self
-                .inner
-                .machine
-                .borrow_mut()
-                .subscribe(&c)
-                .map_err(client_error),
-            None => Err(js_error("bad_request", "channel must be a string", None)),
-        };
-        self.inner.request(r)
+        self.named_request(channel, "channel", Client::subscribe)
     }
 
     /// Unsubscribes from `channel`.
@@ -583,16 +565,7 @@ impl RoomcastClient {
         &self,
         #[wasm_bindgen(unchecked_param_type = "string")] channel: JsValue,
     ) -> Promise {
-        let r = match channel.as_string() {
-            Some(c) => self
-                .inner
-                .machine
-                .borrow_mut()
-                .unsubscribe(&c)
-                .map_err(client_error),
-            None => Err(js_error("bad_request", "channel must be a string", None)),
-        };
-        self.inner.request(r)
+        self.named_request(channel, "channel", Client::unsubscribe)
     }
 
     /// Publishes `{ room | channel | user, event, data, echo }`. While offline it is
@@ -687,4 +660,25 @@ fn check_handler(event: &str, handler: JsValue) -> Result<(&'static str, Functio
         .dyn_into::<Function>()
         .map_err(|_| type_error("handler must be a function"))?;
     Ok((name, f))
+}
+
+impl RoomcastClient {
+    /// A request whose only argument is a room or channel name: checks it is a string,
+    /// runs the machine's method, and settles the promise with its ack or error.
+    fn named_request(
+        &self,
+        name: JsValue,
+        what: &str,
+        call: fn(&mut Client, &str) -> Result<u64, ClientError>,
+    ) -> Promise {
+        let r = match name.as_string() {
+            Some(n) => call(&mut self.inner.machine.borrow_mut(), &n).map_err(client_error),
+            None => Err(js_error(
+                "bad_request",
+                &format!("{what} must be a string"),
+                None,
+            )),
+        };
+        self.inner.request(r)
+    }
 }

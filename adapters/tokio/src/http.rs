@@ -275,55 +275,39 @@ pub struct RoomcastService {
     rc: Roomcast,
 }
 
-impl<B: Send + 'static> hyper::service::Service<Request<B>> for WsHandler {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
+/// Implements hyper's and tower's `Service` for a handle type whose `async fn` answers a
+/// request: the two traits differ only in `&self` vs `&mut self` and readiness.
+macro_rules! roomcast_service {
+    ($ty:ty, $method:ident) => {
+        impl<B: Send + 'static> hyper::service::Service<Request<B>> for $ty {
+            type Response = Response<Full<Bytes>>;
+            type Error = Infallible;
+            type Future = ResponseFuture;
 
-    fn call(&self, req: Request<B>) -> Self::Future {
-        let rc = self.rc.clone();
-        Box::pin(async move { Ok(rc.upgrade(req).await) })
-    }
+            fn call(&self, req: Request<B>) -> Self::Future {
+                let rc = self.rc.clone();
+                Box::pin(async move { Ok(rc.$method(req).await) })
+            }
+        }
+
+        impl<B: Send + 'static> tower_service::Service<Request<B>> for $ty {
+            type Response = Response<Full<Bytes>>;
+            type Error = Infallible;
+            type Future = ResponseFuture;
+
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, req: Request<B>) -> Self::Future {
+                hyper::service::Service::call(&*self, req)
+            }
+        }
+    };
 }
 
-impl<B: Send + 'static> tower_service::Service<Request<B>> for WsHandler {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        hyper::service::Service::call(&*self, req)
-    }
-}
-
-impl<B: Send + 'static> hyper::service::Service<Request<B>> for RoomcastService {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn call(&self, req: Request<B>) -> Self::Future {
-        let rc = self.rc.clone();
-        Box::pin(async move { Ok(rc.route(req).await) })
-    }
-}
-
-impl<B: Send + 'static> tower_service::Service<Request<B>> for RoomcastService {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        hyper::service::Service::call(&*self, req)
-    }
-}
+roomcast_service!(WsHandler, upgrade);
+roomcast_service!(RoomcastService, route);
 
 #[cfg(test)]
 mod tests {
