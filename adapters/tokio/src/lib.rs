@@ -47,6 +47,7 @@ mod http;
 mod hub_task;
 mod io;
 mod metrics;
+pub mod reconnecting;
 mod server;
 mod socket;
 mod statics;
