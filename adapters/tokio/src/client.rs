@@ -19,8 +19,8 @@
 //!
 //! A background task owns the socket, so server pings are answered even while the
 //! application is not reading; received messages wait in a bounded queue, and when it is
-//! full the task stops reading, which pushes back on the server through TCP. (The
-//! rejoins and recovers by itself, see [`crate::reconnecting`].
+//! full the task stops reading, which pushes back on the server through TCP. For a
+//! client that reconnects, rejoins and recovers by itself, see [`crate::reconnecting`].
 
 use std::future::poll_fn;
 use std::time::Duration;
