@@ -8,6 +8,8 @@ worker_tests() {
 	local wdir="$ROOT/worker" logs="$ARTIFACTS/worker" tmp rc=0
 	tmp="$(mktemp -d)"
 	mkdir -p "$logs"
+	# the worker serves www/ (the chat demo) as static assets: it needs the wasm package
+	[[ -f "$ROOT/www/pkg/roomcast_browser.js" ]] || bounded 1800 "$ROOT/scripts/build-wasm.sh"
 	bounded 3600 "$wdir/setup.sh"
 	bounded 1800 "$wdir/build.sh" # once; every instance below reuses build/
 	export ROOMCAST_WORKER_PREBUILT=1
@@ -82,6 +84,7 @@ worker_tests() {
 				--junitxml="$ARTIFACTS/worker-hibernation.xml"
 		) || rc=$?
 		junit_count "$ARTIFACTS/worker-hibernation.xml"
+		worker_browser_e2e "http://127.0.0.1:${port[DEFAULT]}/hub/e2e/" || rc=$?
 	fi
 
 	# run-local.sh stops its whole process group (wrangler, workerd) on SIGTERM.
@@ -93,5 +96,26 @@ worker_tests() {
 	done
 	unset ROOMCAST_WORKER_PREBUILT
 	rm -rf "$tmp"
+	return "$rc"
+}
+
+# worker_browser_e2e BASE: the chat demo served by the worker, two Chromium pages chatting
+# through the Durable Object (tests/e2e/remote.test.mjs). Needs Debian's chromium (the
+# browser stage installs it) and tests/e2e's npm packages.
+worker_browser_e2e() {
+	local base=$1 tap="$ARTIFACTS/worker/e2e.tap" rc=0
+	if [[ ! -d "$ROOT/tests/e2e/node_modules/playwright-core" ]]; then
+		PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 bounded 600 npm ci --prefix "$ROOT/tests/e2e" --no-audit --no-fund
+	fi
+	rm -f "$tap"
+	ROOMCAST_E2E_BASE="$base" bounded 300 node --test --test-reporter=spec \
+		--test-reporter-destination=stdout --test-reporter=tap --test-reporter-destination="$tap" \
+		"$ROOT/tests/e2e/remote.test.mjs" || rc=$?
+	touch "$tap"
+	local p f
+	p="$(awk '/^# pass /{print $3}' "$tap")"
+	f="$(awk '/^# fail /{print $3}' "$tap")"
+	count "${p:-0}" "${f:-0}" 0
+	if ((rc != 0 && ${f:-0} == 0)); then count 0 1 0; fi
 	return "$rc"
 }

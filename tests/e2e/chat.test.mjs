@@ -20,68 +20,14 @@ import { after, test } from "node:test";
 import {
   killAllServers, killServer, launchBrowser, openPage, saveScreenshots, startServer,
 } from "./harness.mjs";
+import { WAIT, expectPeople, expectState, expectTexts, joinAs, say, shown } from "./page.mjs";
 
-const WAIT = 15_000;
 let browser;
 
 after(async () => {
   killAllServers();
   await browser?.close();
 });
-
-async function joinAs(page, addr, name, room) {
-  const q = new URLSearchParams({ name, room });
-  await page.goto(`http://${addr}/?${q}`, { timeout: WAIT });
-  await page.waitForSelector('body[data-ready="1"]', { state: "attached" });
-  await page.click('#join button[type="submit"]');
-  await page.waitForSelector("#chat", { state: "visible" });
-}
-
-async function say(page, text) {
-  await page.fill("#text", text);
-  await page.press("#text", "Enter");
-}
-
-/** The messages on screen, in order. */
-function shown(page) {
-  return page.$$eval("#messages li.msg", (els) => els.map((e) => ({
-    id: e.dataset.id,
-    from: e.dataset.from,
-    text: e.querySelector(".text").textContent,
-    status: e.dataset.status ?? null,
-  })));
-}
-
-/** Waits until the page shows exactly `texts` (in order); fails with what it shows. */
-async function expectTexts(page, texts, label) {
-  try {
-    await page.waitForFunction((want) => {
-      const got = [...document.querySelectorAll("#messages li.msg .text")].map((e) => e.textContent);
-      return JSON.stringify(got) === JSON.stringify(want);
-    }, texts, { timeout: WAIT });
-  } catch {
-    const got = (await shown(page)).map((m) => m.text);
-    assert.deepEqual(got, texts, `${label}: messages on screen`);
-  }
-}
-
-async function expectState(page, state) {
-  await page.waitForSelector(`#conn[data-state="${state}"]`, { state: "attached" });
-}
-
-/** Waits until the people list is exactly `names` (fresh, not the pre-restart one). */
-async function expectPeople(page, names, label) {
-  try {
-    await page.waitForFunction((want) => {
-      const list = document.querySelector(".people");
-      const got = [...list.querySelectorAll("li")].map((li) => li.dataset.user).sort();
-      return !list.classList.contains("stale") && JSON.stringify(got) === JSON.stringify(want);
-    }, [...names].sort(), { timeout: WAIT });
-  } catch {
-    const got = await page.$$eval("#people li", (els) => els.map((e) => e.textContent));
-    assert.fail(`${label}: people list is ${JSON.stringify(got)}, want ${names}`);
-  }
-}
 
 test("two pages chat, survive a server restart, and show every message exactly once",
   { timeout: 120_000 }, async () => {
@@ -92,8 +38,8 @@ test("two pages chat, survive a server restart, and show every message exactly o
     let server = await startServer("127.0.0.1:0", "e2e-server-1");
     const addr = server.addr;
     try {
-      await joinAs(a, addr, "ann", room);
-      await joinAs(b, addr, "bob", room);
+      await joinAs(a, `http://${addr}/`, "ann", room);
+      await joinAs(b, `http://${addr}/`, "bob", room);
       await expectState(a, "open");
       await expectState(b, "open");
       await expectPeople(a, ["ann", "bob"], "A before");
@@ -177,7 +123,7 @@ test("the page fits a phone-width window", { timeout: 60_000 }, async () => {
   const server = await startServer("127.0.0.1:0", "e2e-server-phone");
   const page = await openPage(browser, { width: 360, height: 640 });
   try {
-    await joinAs(page, server.addr, "a-rather-long-name-for-a-phone", "phone");
+    await joinAs(page, `http://${server.addr}/`, "a-rather-long-name-for-a-phone", "phone");
     await expectState(page, "open");
     await say(page, "a long line without spaces: " + "x".repeat(300));
     await expectTexts(page, ["a long line without spaces: " + "x".repeat(300)], "phone");
