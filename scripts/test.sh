@@ -16,10 +16,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# In order. Later stages slot in here as functions below, e.g. wasm_tests (wasm-bindgen-test
-# in headless Chromium), e2e (Playwright against the demo), worker (the scenario suite
-# against `worker/run-local.sh PORT` with ROOMCAST_TARGET=worker), bench_smoke.
-STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios autobahn browser worker fuzz)
+# In order; each is a `stage_NAME` function below.
+STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios autobahn browser worker fuzz bench_smoke)
 ARTIFACTS="$ROOT/tests/artifacts"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
@@ -161,6 +159,16 @@ stage_fuzz() {
 	local out="$ARTIFACTS/fuzz.log" rc=0
 	bounded 2400 ./scripts/fuzz.sh smoke 2>&1 | tee "$out" || rc=$?
 	if [[ $rc -eq 0 ]]; then count 6 0 0; else count 0 1 0; fi
+	return "$rc"
+}
+
+stage_bench_smoke() {
+	# The benchmark suite's quick mode (bench/run.sh --quick: ~40 s once built): every
+	# workload against every peer once, no thresholds; fails only if a cell cannot run.
+	# The full matrix is `bench/run.sh --full` (docs/benchmarks.md).
+	local out="$ARTIFACTS/bench-smoke.jsonl" rc=0
+	bounded 1800 ./bench/run.sh --quick --out "$out" || rc=$?
+	if [[ $rc -eq 0 ]]; then count 1 0 0; else count 0 1 0; fi
 	return "$rc"
 }
 
