@@ -17,7 +17,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # In order; each is a `stage_NAME` function below.
-STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios autobahn browser worker fuzz bench_smoke)
+STAGES=(prereqs fmt clippy cargo_test wasm_build wasm_test scenarios adversarial autobahn browser worker fuzz bench_smoke)
 ARTIFACTS="$ROOT/tests/artifacts"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
@@ -114,7 +114,7 @@ stage_clippy() {
 stage_cargo_test() {
 	local out="$ARTIFACTS/cargo-test.log"
 	local rc=0
-	bounded 2400 cargo test --workspace 2>&1 | tee "$out" || rc=$?
+	bounded 2400 cargo test --workspace --exclude roomcast-adversarial 2>&1 | tee "$out" || rc=$?
 	count_cargo_log "$out"
 	return "$rc"
 }
@@ -159,6 +159,17 @@ stage_fuzz() {
 	local out="$ARTIFACTS/fuzz.log" rc=0
 	bounded 2400 ./scripts/fuzz.sh smoke 2>&1 | tee "$out" || rc=$?
 	if [[ $rc -eq 0 ]]; then count 6 0 0; else count 0 1 0; fi
+	return "$rc"
+}
+
+# Adversarial tests against the real binary (tests/adversarial; docs/reliability.md):
+# slow consumers, floods, frame abuse, slow handshakes, half-open peers, 2k connections
+# chatting, shutdown under load, limits. About 1 min on 2 cores; bounded to 5 min.
+stage_adversarial() {
+	local out="$ARTIFACTS/adversarial.log" rc=0
+	bounded 900 cargo build -p roomcast-tokio --bin roomcast -p roomcast-adversarial --tests
+	ROOMCAST_ADVERSARIAL_NO_BUILD=1 bounded 300 cargo test -p roomcast-adversarial 2>&1 | tee "$out" || rc=$?
+	count_cargo_log "$out"
 	return "$rc"
 }
 
