@@ -52,8 +52,8 @@ if [[ $has_out -eq 0 ]]; then
 	if [[ "$mode" == "--full" ]]; then
 		args+=(--out "$ROOT/bench/results/latest.jsonl")
 	else
-		mkdir -p "$ROOT/target/bench"
-		args+=(--out "$ROOT/target/bench/quick.jsonl")
+		mkdir -p "${CARGO_TARGET_DIR:-$ROOT/target}/bench"
+		args+=(--out "${CARGO_TARGET_DIR:-$ROOT/target}/bench/quick.jsonl")
 	fi
 fi
 
@@ -61,4 +61,4 @@ fi
 limit=300
 [[ "$mode" == "--full" ]] && limit=3600
 export ROOMCAST_ROOT="$ROOT"
-exec timeout --kill-after=30 "$limit" "$ROOT/target/release/roomcast-bench" suite "$mode" "${args[@]}"
+exec timeout --kill-after=30 "$limit" "${CARGO_TARGET_DIR:-$ROOT/target}/release/roomcast-bench" suite "$mode" "${args[@]}"

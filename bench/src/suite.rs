@@ -145,8 +145,12 @@ struct Server {
     proto: &'static str,
 }
 
+/// A release binary of the workspace (honouring `CARGO_TARGET_DIR`, as cargo does).
 fn bin(root: &Path, name: &str) -> String {
-    root.join("target/release").join(name).display().to_string()
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("release").join(name).display().to_string()
 }
 
 /// The command line of `peer` for `cell`, its label, WebSocket path and protocol.
