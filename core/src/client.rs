@@ -531,12 +531,8 @@ impl Client {
                 });
             }
         }
-        if self.is_open() && was {
-            let text = serde_json::json!({"type":"leave","room":room,"id":id}).to_string();
-            self.request(id, Pending::Other, true, text);
-        } else {
-            self.ack_locally(id, serde_json::json!({"type":"ack","id":id,"room":room}));
-        }
+        let send = self.is_open() && was;
+        self.request_or_ack(id, send, "leave", "room", room);
         Ok(id)
     }
 
@@ -548,17 +544,8 @@ impl Client {
         }
         let id = self.id();
         self.channels.insert(channel.to_owned());
-        if self.is_open() {
-            let text =
-                serde_json::json!({"type":"subscribe","channel":channel,"id":id}).to_string();
-            self.request(id, Pending::Other, true, text);
-        } else {
-            // acknowledged locally: the resubscribe after connecting carries it
-            self.ack_locally(
-                id,
-                serde_json::json!({"type":"ack","id":id,"channel":channel}),
-            );
-        }
+        let send = self.is_open();
+        self.request_or_ack(id, send, "subscribe", "channel", channel);
         Ok(id)
     }
 
@@ -567,16 +554,8 @@ impl Client {
         self.check_open_or_pending()?;
         let id = self.id();
         let was = self.channels.remove(channel);
-        if self.is_open() && was {
-            let text =
-                serde_json::json!({"type":"unsubscribe","channel":channel,"id":id}).to_string();
-            self.request(id, Pending::Other, true, text);
-        } else {
-            self.ack_locally(
-                id,
-                serde_json::json!({"type":"ack","id":id,"channel":channel}),
-            );
-        }
+        let send = self.is_open() && was;
+        self.request_or_ack(id, send, "unsubscribe", "channel", channel);
         Ok(id)
     }
 
@@ -676,6 +655,21 @@ impl Client {
             Err(ClientError::Closed)
         } else {
             Ok(())
+        }
+    }
+
+    /// Sends a one-name request (`{"type":kind, field:name, "id":id}`) when `send`, or
+    /// acknowledges it locally: offline, the (re)join and resubscribe after connecting
+    /// restore the wanted state; with nothing to undo, there is nothing to ask.
+    fn request_or_ack(&mut self, id: u64, send: bool, kind: &str, field: &str, name: &str) {
+        if send {
+            let mut v = serde_json::json!({"type": kind, "id": id});
+            v[field] = name.into();
+            self.request(id, Pending::Other, true, v.to_string());
+        } else {
+            let mut v = serde_json::json!({"type": "ack", "id": id});
+            v[field] = name.into();
+            self.ack_locally(id, v);
         }
     }
 
