@@ -398,6 +398,18 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a message the hub encoded ([`crate::Outgoing`]): the fan-out hot path. Its
+    /// frame is valid by construction (one unmasked text frame built by the core), so
+    /// unlike [`Connection::send_frame`] nothing is re-checked per receiver.
+    pub fn send_outgoing(&mut self, msg: &crate::Outgoing) -> Result<(), SendError> {
+        if self.role != Role::Server {
+            return Err(SendError::NotServer);
+        }
+        self.ensure_open()?;
+        self.push_transmit(msg.frame().clone());
+        Ok(())
+    }
+
     /// Starts the closing handshake: queues our close frame and moves to
     /// [`State::Closing`]; the peer's answer completes it as [`WsEvent::Closed`] with
     /// [`Initiator::Local`]. The reason is cut to fit a control frame.
@@ -658,6 +670,18 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hub_messages_go_out_as_is_and_not_after_close() {
+        let msg = crate::Outgoing::from_text(r#"{"type":"pong"}"#);
+        let mut server = Connection::server(ConnectionConfig::default());
+        server.send_outgoing(&msg).unwrap();
+        assert_eq!(server.poll_transmit().as_ref(), Some(msg.frame()));
+        server.close(1000, "").unwrap();
+        assert_eq!(server.send_outgoing(&msg), Err(SendError::Closed));
+        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(1));
+        assert_eq!(client.send_outgoing(&msg), Err(SendError::NotServer));
+    }
+
     use super::*;
     use crate::frame::{decode_header, encode_frame};
     use crate::rng::Rng;

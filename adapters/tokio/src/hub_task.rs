@@ -15,7 +15,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use roomcast_core::connection::{ConnectionConfig, TextMessage};
 use roomcast_core::handshake::ServerPolicy;
 use roomcast_core::hub::{
@@ -70,8 +69,8 @@ pub(crate) enum Command {
 /// What the hub asks of one socket task.
 #[derive(Debug)]
 pub(crate) enum ConnOut {
-    /// A complete pre-encoded server frame (shared with every other receiver).
-    Frame(Bytes),
+    /// A message the hub encoded once, shared with every other receiver.
+    Frame(roomcast_core::Outgoing),
     /// Send a protocol ping.
     Ping,
     /// Close with this code and reason, then drop the connection.
@@ -481,7 +480,7 @@ impl HubTask {
             match out {
                 Output::Send { conn, msg } => {
                     if let Some(tx) = self.conns.get(&conn) {
-                        let _ = tx.send(ConnOut::Frame(msg.frame().clone()));
+                        let _ = tx.send(ConnOut::Frame(msg));
                     }
                 }
                 Output::Ping { conn } => {

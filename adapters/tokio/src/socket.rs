@@ -217,10 +217,10 @@ impl Socket {
     /// Applies one instruction from the hub. Returns `false` once nothing more will come.
     fn apply(&mut self, out: ConnOut) -> bool {
         match out {
-            ConnOut::Frame(frame) => {
+            ConnOut::Frame(msg) => {
                 // The connection's own queue is drained before every batch, so whatever
                 // comes out now is exactly this frame: tagged as hub bytes.
-                match self.conn.send_frame(frame) {
+                match self.conn.send_outgoing(&msg) {
                     Ok(()) => self.out.pull(&mut self.conn, true),
                     // Closing: the hub no longer counts this connection's bytes.
                     Err(SendError::Closed) => {}
