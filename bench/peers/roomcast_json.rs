@@ -16,6 +16,10 @@
 mod common;
 
 use roomcast_core::ratelimit::RateLimit;
+
+/// The allocator the `roomcast` binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use roomcast_tokio::{Config, Server};
 
 fn main() {

@@ -410,6 +410,20 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues several hub messages coalesced into one buffer ([`crate::FrameBatch`]): the
+    /// fan-out hot path when a receiver has a backlog, one queue entry and one write for
+    /// all of them. Valid by construction, like [`Connection::send_outgoing`].
+    pub fn send_batch(&mut self, batch: crate::FrameBatch) -> Result<(), SendError> {
+        if self.role != Role::Server {
+            return Err(SendError::NotServer);
+        }
+        self.ensure_open()?;
+        if !batch.is_empty() {
+            self.push_transmit(batch.into_bytes());
+        }
+        Ok(())
+    }
+
     /// Starts the closing handshake: queues our close frame and moves to
     /// [`State::Closing`]; the peer's answer completes it as [`WsEvent::Closed`] with
     /// [`Initiator::Local`]. The reason is cut to fit a control frame.
@@ -680,6 +694,34 @@ mod tests {
         assert_eq!(server.send_outgoing(&msg), Err(SendError::Closed));
         let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(1));
         assert_eq!(client.send_outgoing(&msg), Err(SendError::NotServer));
+    }
+
+    #[test]
+    fn batches_go_out_as_one_buffer_and_not_after_close() {
+        let a = crate::Outgoing::from_text(r#"{"type":"pong"}"#);
+        let b = crate::Outgoing::from_text(r#"{"type":"pong","id":"2"}"#);
+        let mut batch = crate::FrameBatch::default();
+        batch.push(&a);
+        batch.push(&b);
+        let mut server = Connection::server(ConnectionConfig::default());
+        server.send_batch(crate::FrameBatch::default()).unwrap();
+        assert_eq!(
+            server.poll_transmit(),
+            None,
+            "an empty batch queues nothing"
+        );
+        server.send_batch(batch.clone()).unwrap();
+        let out = server.poll_transmit().unwrap();
+        assert_eq!(&out[..a.wire_len()], &a.frame()[..]);
+        assert_eq!(&out[a.wire_len()..], &b.frame()[..]);
+        // The client side of a connection parses them as two messages.
+        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(1));
+        client.handle_read(&out);
+        assert!(matches!(client.poll_event(), Some(WsEvent::Text(t)) if t.as_str() == a.text()));
+        assert!(matches!(client.poll_event(), Some(WsEvent::Text(t)) if t.as_str() == b.text()));
+        server.close(1000, "").unwrap();
+        assert_eq!(server.send_batch(batch.clone()), Err(SendError::Closed));
+        assert_eq!(client.send_batch(batch), Err(SendError::NotServer));
     }
 
     use super::*;

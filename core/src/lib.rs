@@ -83,5 +83,5 @@ pub mod time;
 pub mod utf8;
 
 pub use hub::{ConnId, Hub, HubConfig, Output};
-pub use outgoing::Outgoing;
+pub use outgoing::{FrameBatch, Outgoing};
 pub use time::Timestamp;

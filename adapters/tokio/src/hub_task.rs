@@ -5,10 +5,10 @@
 //! talk to it through a bounded command channel: no lock is ever held around routing, and
 //! the bound turns an overloaded hub into TCP backpressure on the clients instead of
 //! unbounded memory. The task drains every ready command (up to a batch) before it
-//! re-arms its single timer, and hands each `Output::Send` to the receiver's queue as a
-//! refcounted frame: a room message is encoded once, whatever the room size.
+//! re-arms its single timer, and appends each `Output::Send` to the receiver's outbox
+//! (`crate::outbox`): a room message is encoded once, whatever the room size, and a burst
+//! wakes each receiver once.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
@@ -26,6 +26,7 @@ use tracing::{debug, error, info, trace};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbox::{outbox, OutboxRx, OutboxTx};
 use crate::statics::StaticFiles;
 
 /// Commands queued for the hub before a sender waits (backpressure past this).
@@ -66,24 +67,10 @@ pub(crate) enum Command {
     },
 }
 
-/// What the hub asks of one socket task.
-#[derive(Debug)]
-pub(crate) enum ConnOut {
-    /// A message the hub encoded once, shared with every other receiver.
-    Frame(roomcast_core::Outgoing),
-    /// Send a protocol ping.
-    Ping,
-    /// Close with this code and reason, then drop the connection.
-    Close {
-        code: u16,
-        reason: Cow<'static, str>,
-    },
-}
-
 /// An admitted connection: its id and the queue of what to send it.
 pub(crate) struct Registered {
     pub(crate) conn: ConnId,
-    pub(crate) rx: mpsc::UnboundedReceiver<ConnOut>,
+    pub(crate) rx: OutboxRx,
 }
 
 /// Why the hub task did not admit a connection.
@@ -124,7 +111,7 @@ impl Hasher for IdHasher {
     }
 }
 
-type ConnMap = HashMap<ConnId, mpsc::UnboundedSender<ConnOut>, BuildHasherDefault<IdHasher>>;
+type ConnMap = HashMap<ConnId, OutboxTx, BuildHasherDefault<IdHasher>>;
 
 /// Counts running socket tasks so a shutdown can wait for the last one.
 #[derive(Debug, Default)]
@@ -437,7 +424,7 @@ impl HubTask {
                 }
                 match hub.connect(now, req) {
                     Ok(conn) => {
-                        let (tx, rx) = mpsc::unbounded_channel();
+                        let (tx, rx) = outbox();
                         self.conns.insert(conn, tx);
                         if reply.send(Ok(Registered { conn, rx })).is_err() {
                             // The HTTP request went away before the answer: undo.
@@ -480,18 +467,18 @@ impl HubTask {
             match out {
                 Output::Send { conn, msg } => {
                     if let Some(tx) = self.conns.get(&conn) {
-                        let _ = tx.send(ConnOut::Frame(msg));
+                        tx.frame(&msg);
                     }
                 }
                 Output::Ping { conn } => {
                     if let Some(tx) = self.conns.get(&conn) {
-                        let _ = tx.send(ConnOut::Ping);
+                        tx.ping();
                     }
                 }
                 Output::Close { conn, code, reason } => {
-                    // Nothing follows a close: dropping the sender ends the queue after it.
+                    // Nothing follows a close: the outbox ignores anything after it.
                     if let Some(tx) = self.conns.remove(&conn) {
-                        let _ = tx.send(ConnOut::Close { code, reason });
+                        tx.close(code, reason);
                     }
                 }
                 Output::Event(event) => {
@@ -550,10 +537,8 @@ mod tests {
             ..ConnectRequest::default()
         };
         let mut reg = rc.connect(req.clone()).await.unwrap();
-        assert!(
-            matches!(reg.rx.recv().await, Some(ConnOut::Frame(_))),
-            "welcome"
-        );
+        let welcome = reg.rx.take().await;
+        assert_eq!(welcome.pieces.len(), 1, "welcome");
         assert!(matches!(
             events.recv().await,
             Ok(Event::Connected { user: Some(u), .. }) if &*u == "ada"
@@ -565,11 +550,9 @@ mod tests {
         // Shutdown closes the connection with 1001 and refuses newcomers; with no socket
         // task running, it returns at once.
         assert!(rc.shutdown().await);
-        assert!(matches!(
-            reg.rx.recv().await,
-            Some(ConnOut::Close { code: 1001, .. })
-        ));
-        assert!(reg.rx.recv().await.is_none(), "nothing follows a close");
+        let last = reg.rx.take().await;
+        assert!(matches!(last.close, Some((1001, _))));
+        assert!(last.is_final(), "nothing follows a close");
         assert_eq!(
             rc.connect(ConnectRequest::default()).await.err(),
             Some(ConnectRefused::ShuttingDown)
@@ -585,13 +568,10 @@ mod tests {
         );
         let rc = Roomcast::new(config);
         let mut reg = rc.connect(ConnectRequest::default()).await.unwrap();
-        assert!(matches!(reg.rx.recv().await, Some(ConnOut::Frame(_))));
+        assert_eq!(reg.rx.take().await.pieces.len(), 1, "welcome");
         // With the clock paused, tokio jumps straight to the hub's deadlines.
-        assert!(matches!(reg.rx.recv().await, Some(ConnOut::Ping)));
-        assert!(matches!(
-            reg.rx.recv().await,
-            Some(ConnOut::Close { code: 1001, .. })
-        ));
+        assert!(reg.rx.take().await.ping);
+        assert!(matches!(reg.rx.take().await.close, Some((1001, _))));
         assert_eq!(rc.stats().await.unwrap().heartbeat_timeouts, 1);
     }
 }

@@ -47,6 +47,7 @@ mod http;
 mod hub_task;
 mod io;
 mod metrics;
+mod outbox;
 pub mod reconnecting;
 mod server;
 mod socket;

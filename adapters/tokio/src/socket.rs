@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, error, trace};
 
-use crate::hub_task::{Command, ConnOut, SocketGuard};
+use crate::hub_task::{Command, SocketGuard};
 use crate::io::{poll_read_into, OutQueue};
 use crate::metrics::Metrics;
+use crate::outbox::{OutboxRx, Piece, Taken};
 use std::sync::Arc;
 
 /// After our close frame is written, how long we wait for the peer's close frame before
@@ -68,7 +69,7 @@ pub(crate) enum Mode {
     Hub {
         conn: ConnId,
         commands: mpsc::Sender<Command>,
-        rx: mpsc::UnboundedReceiver<ConnOut>,
+        rx: OutboxRx,
     },
     /// Conformance echo: messages go straight back; `shutdown` flips on server shutdown.
     Echo { shutdown: watch::Receiver<bool> },
@@ -214,30 +215,35 @@ impl Socket {
         }
     }
 
-    /// Applies one instruction from the hub. Returns `false` once nothing more will come.
-    fn apply(&mut self, out: ConnOut) -> bool {
-        match out {
-            ConnOut::Frame(msg) => {
-                // The connection's own queue is drained before every batch, so whatever
-                // comes out now is exactly this frame: tagged as hub bytes.
-                match self.conn.send_outgoing(&msg) {
-                    Ok(()) => self.out.pull(&mut self.conn, true),
-                    // Closing: the hub no longer counts this connection's bytes.
-                    Err(SendError::Closed) => {}
-                    Err(e) => error!("hub frame refused by the connection: {e}"),
-                }
-                true
-            }
-            ConnOut::Ping => {
-                let _ = self.conn.send_ping(&[]);
-                self.out.pull(&mut self.conn, false);
-                true
-            }
-            ConnOut::Close { code, reason } => {
-                self.start_close(code, &reason);
-                false
+    /// Applies what the hub queued since the last look. Returns `false` once nothing more
+    /// will come.
+    fn apply(&mut self, taken: Taken) -> bool {
+        // The connection's own queue is drained first, so what comes out after each
+        // piece is exactly that piece: tagged as hub bytes.
+        self.out.pull(&mut self.conn, false);
+        let more = !taken.is_final();
+        for piece in taken.pieces {
+            let sent = match piece {
+                Piece::Batch(batch) => self.conn.send_batch(batch),
+                Piece::Frame(msg) => self.conn.send_outgoing(&msg),
+            };
+            match sent {
+                Ok(()) => self.out.pull(&mut self.conn, true),
+                // Closing: the hub no longer counts this connection's bytes.
+                Err(SendError::Closed) => break,
+                Err(e) => error!("hub frame refused by the connection: {e}"),
             }
         }
+        if taken.ping {
+            let _ = self.conn.send_ping(&[]);
+            self.out.pull(&mut self.conn, false);
+        }
+        if let Some((code, reason)) = &taken.close {
+            self.start_close(*code, reason);
+        } else if taken.hub_gone {
+            self.start_close(code::GOING_AWAY, "server shutting down");
+        }
+        more
     }
 
     /// Counts written hub bytes and reports them once enough accumulated.
@@ -352,28 +358,11 @@ where
                     break Ending::Vanished;
                 }
             },
-            msg = recv_opt(&mut rx), if rx.is_some() => match msg {
-                Some(first) => {
-                    // Drain everything queued so it leaves in as few writes as possible.
-                    s.out.pull(&mut s.conn, false);
-                    let mut open = s.apply(first);
-                    while open {
-                        let Some(queue) = rx.as_mut() else { break };
-                        match queue.try_recv() {
-                            Ok(next) => open = s.apply(next),
-                            Err(_) => break,
-                        }
-                    }
-                    if !open {
-                        rx = None;
-                    }
-                }
-                None => {
-                    // The hub dropped our queue without a close: it is gone.
+            taken = take_opt(&mut rx), if rx.is_some() => {
+                if !s.apply(taken) {
                     rx = None;
-                    s.start_close(code::GOING_AWAY, "server shutting down");
                 }
-            },
+            }
             _ = shutdown_changed(&mut shutdown), if shutdown.is_some() => {
                 shutdown = None;
                 s.start_close(code::GOING_AWAY, "server shutting down");
@@ -429,9 +418,9 @@ pub(crate) async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-async fn recv_opt(rx: &mut Option<mpsc::UnboundedReceiver<ConnOut>>) -> Option<ConnOut> {
+async fn take_opt(rx: &mut Option<OutboxRx>) -> Taken {
     match rx {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.take().await,
         None => std::future::pending().await,
     }
 }
