@@ -410,6 +410,17 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a room burst the hub coalesced ([`crate::Frames`]), shared with every other
+    /// member. Valid by construction, like [`Connection::send_outgoing`].
+    pub fn send_frames(&mut self, frames: &crate::Frames) -> Result<(), SendError> {
+        if self.role != Role::Server {
+            return Err(SendError::NotServer);
+        }
+        self.ensure_open()?;
+        self.push_transmit(frames.bytes().clone());
+        Ok(())
+    }
+
     /// Queues several hub messages coalesced into one buffer ([`crate::FrameBatch`]): the
     /// fan-out hot path when a receiver has a backlog, one queue entry and one write for
     /// all of them. Valid by construction, like [`Connection::send_outgoing`].

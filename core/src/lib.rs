@@ -44,6 +44,11 @@
 //!             if conn == bob { to_bob.push(msg.text().to_owned()); }
 //!             hub.handle_flushed(conn, msg.wire_len()).unwrap();
 //!         }
+//!         Output::SendFrames { conn, frames } => {
+//!             // only with `coalesce_room_messages` (then call `hub.flush()` after each
+//!             // batch of inputs): several room messages, one write of frames.bytes()
+//!             hub.handle_flushed(conn, frames.wire_len()).unwrap();
+//!         }
 //!         Output::Ping { .. } => { /* send a WebSocket ping */ }
 //!         Output::Close { conn, .. } => {
 //!             // send the close frame, drop the socket, then report it:
@@ -83,5 +88,5 @@ pub mod time;
 pub mod utf8;
 
 pub use hub::{ConnId, Hub, HubConfig, Output};
-pub use outgoing::{FrameBatch, Outgoing};
+pub use outgoing::{FrameBatch, Frames, Outgoing};
 pub use time::Timestamp;

@@ -64,6 +64,8 @@ struct Link {
 struct World {
     now: u64,
     rng: Rng,
+    /// Room messages coalesced into bursts.
+    coalesce: bool,
     hub: Hub,
     clients: Vec<Client>,
     links: Vec<Link>,
@@ -95,6 +97,7 @@ impl World {
                     max_messages: 100_000,
                     max_age_ms: 600_000,
                 },
+                coalesce_room_messages: seed % 2 == 1,
                 ..HubConfig::default()
             },
             hs,
@@ -134,6 +137,7 @@ impl World {
         World {
             now: 0,
             rng,
+            coalesce: seed % 2 == 1,
             hub,
             got: vec![BTreeMap::new(); n],
             clients,
@@ -250,8 +254,23 @@ impl World {
     }
 
     fn pump_hub(&mut self) {
+        // Odd seeds coalesce room messages; the hub hands them out on some pumps only, so
+        // bursts meet acks, rejoins and replays.
+        if self.coalesce && self.rng.below_or_eq(1) == 0 {
+            self.hub.flush();
+        }
         while let Some(out) = self.hub.poll_output() {
             match out {
+                Output::SendFrames { conn, frames } => {
+                    self.hub
+                        .handle_flushed(conn, frames.wire_len())
+                        .expect("known");
+                    if let Some(&link) = self.by_conn.get(&conn) {
+                        for text in frames.texts() {
+                            self.send_down(link, text.to_owned());
+                        }
+                    }
+                }
                 Output::Send { conn, msg } => {
                     self.hub
                         .handle_flushed(conn, msg.wire_len())

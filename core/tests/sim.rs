@@ -52,6 +52,7 @@ fn simulation_many_seeds() {
         assert!(total.errors > 100, "{total:?}");
         assert!(total.heartbeat_reaps > 50, "{total:?}");
         assert!(total.slow_closes > 10, "{total:?}");
+        assert!(total.bursts > 100, "coalesced bursts: {total:?}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! Arbitrary sequences of hub inputs (connects, joins, leaves, publishes, subscriptions,
-//! server sends, flush reports, disconnects, time jumps), with every index invariant
+//! server sends, flush reports, disconnects, time jumps, batch ends, with and without
+//! coalesced room messages), with every index invariant
 //! checked after each step and an empty hub at the end.
 #![no_main]
 use arbitrary::Arbitrary;
@@ -24,10 +25,14 @@ enum Op {
     Kick(u8),
     Garbage(u8, String),
     Time(u16),
+    /// The end of an input batch: coalesced room messages go out.
+    EndBatch,
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: (bool, Vec<Op>)| {
+    let (coalesce, ops) = input;
     let config = HubConfig {
+        coalesce_room_messages: coalesce,
         max_buffered_bytes: 2048,
         max_rooms_per_conn: 4,
         max_room_members: Some(6),
@@ -100,6 +105,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 now += u64::from(d);
                 hub.handle_timeout(Timestamp(now));
             }
+            Op::EndBatch => hub.flush(),
         }
         while let Some(out) = hub.poll_output() {
             if let Output::Close { conn, .. } = out {

@@ -311,6 +311,23 @@ impl Driver {
                         );
                     }
                 },
+                // Only with `coalesce_room_messages`, which this driver leaves off (every
+                // message is its own `send` here anyway); handled for completeness.
+                Output::SendFrames { conn, frames } => {
+                    let sent = frames.texts().try_for_each(|t| sockets.send(conn, t));
+                    match sent {
+                        Ok(()) => {
+                            let _ = self.hub.handle_flushed(conn, frames.wire_len());
+                        }
+                        Err(_) => {
+                            let _ = self.hub.handle_disconnect(
+                                now,
+                                conn,
+                                DisconnectReason::Closed { code: Some(1006) },
+                            );
+                        }
+                    }
+                }
                 Output::Close { conn, code, reason } => {
                     let _ = sockets.attach(conn, attachment::CLOSED);
                     sockets.close(conn, code, &reason);

@@ -211,7 +211,13 @@ impl Roomcast {
             seed[..16].copy_from_slice(&t.to_le_bytes());
         }
         let clock = Clock::new();
-        let hub = Hub::new(config.hub.clone(), seed, clock.now());
+        // This task calls `Hub::flush` after every batch of commands, and the socket
+        // tasks write frames themselves: room bursts can be coalesced.
+        let hub_config = roomcast_core::hub::HubConfig {
+            coalesce_room_messages: true,
+            ..config.hub.clone()
+        };
+        let hub = Hub::new(hub_config, seed, clock.now());
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let (shutdown, _) = watch::channel(false);
@@ -380,6 +386,10 @@ async fn run_hub(
                     task.handle(cmd);
                     task.route();
                 }
+                // The batch is over: room messages held for it go out as one burst per
+                // member.
+                task.hub.flush();
+                task.route();
             }
             () = &mut sleep, if armed.is_some() => {
                 // Fired: whatever the next deadline is, the timer must be re-armed.
@@ -468,6 +478,11 @@ impl HubTask {
                 Output::Send { conn, msg } => {
                     if let Some(tx) = self.conns.get(&conn) {
                         tx.frame(&msg);
+                    }
+                }
+                Output::SendFrames { conn, frames } => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        tx.frames(&frames);
                     }
                 }
                 Output::Ping { conn } => {

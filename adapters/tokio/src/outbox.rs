@@ -17,7 +17,7 @@ use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use roomcast_core::{FrameBatch, Outgoing};
+use roomcast_core::{FrameBatch, Frames, Outgoing};
 
 /// Messages up to this size are copied into the receiver's batch; larger ones are shared.
 /// Around here one `memcpy` costs what the refcount traffic of a shared frame does.
@@ -29,11 +29,13 @@ pub(crate) fn outbox() -> (OutboxTx, OutboxRx) {
     (OutboxTx(shared.clone()), OutboxRx(shared))
 }
 
-/// One piece of output, in order: a batch of copied small frames, or one shared frame.
+/// One piece of output, in order: a batch of copied small frames, or one shared frame
+/// or room burst.
 #[derive(Debug)]
 pub(crate) enum Piece {
     Batch(FrameBatch),
     Frame(Outgoing),
+    Frames(Frames),
 }
 
 impl Piece {
@@ -42,6 +44,7 @@ impl Piece {
         match self {
             Piece::Batch(b) => b.clone().into_bytes(),
             Piece::Frame(f) => f.frame().clone(),
+            Piece::Frames(f) => f.bytes().clone(),
         }
     }
 }
@@ -117,6 +120,29 @@ impl OutboxTx {
                     p.sealed.push(Piece::Batch(batch));
                 }
                 p.sealed.push(Piece::Frame(msg.clone()));
+            }
+            p.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Queues a coalesced room burst.
+    pub(crate) fn frames(&self, frames: &Frames) {
+        let waker = {
+            let mut p = lock(&self.0);
+            if p.socket_gone || p.close.is_some() {
+                return;
+            }
+            if frames.wire_len() <= COPY_MAX {
+                p.open.push_frames(frames);
+            } else {
+                if !p.open.is_empty() {
+                    let batch = mem::take(&mut p.open);
+                    p.sealed.push(Piece::Batch(batch));
+                }
+                p.sealed.push(Piece::Frames(frames.clone()));
             }
             p.waker.take()
         };

@@ -226,6 +226,7 @@ impl Socket {
             let sent = match piece {
                 Piece::Batch(batch) => self.conn.send_batch(batch),
                 Piece::Frame(msg) => self.conn.send_outgoing(&msg),
+                Piece::Frames(frames) => self.conn.send_frames(&frames),
             };
             match sent {
                 Ok(()) => self.out.pull(&mut self.conn, true),

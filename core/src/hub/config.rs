@@ -92,6 +92,11 @@ pub struct HubConfig {
     pub backplane: bool,
     /// How long a closing connection's slot is kept waiting for the adapter's report.
     pub close_grace_ms: u64,
+    /// Hold room messages until [`super::Hub::flush`] (or the next input that needs them
+    /// out) and hand each member the whole burst at once as [`super::Output::SendFrames`].
+    /// For runtimes that write frames to sockets themselves and call `flush` after each
+    /// batch of inputs (the native server); per-connection order is kept either way.
+    pub coalesce_room_messages: bool,
 }
 
 impl HubConfig {
@@ -116,6 +121,7 @@ impl Default for HubConfig {
             history: HistoryConfig::default(),
             backplane: false,
             close_grace_ms: 5_000,
+            coalesce_room_messages: false,
         }
     }
 }

@@ -28,7 +28,7 @@ use state::{Channel, Conn, HistoryEntry, Room};
 
 use crate::close::code;
 use crate::hash::{Map, SeededState};
-use crate::outgoing::Outgoing;
+use crate::outgoing::{Frames, Outgoing};
 use crate::protocol::{self, ErrorCode, Rejection, Request, RequestId, Target};
 use crate::ratelimit::{TokenBucket, Verdict};
 use crate::time::{Clock, Timestamp};
@@ -272,6 +272,15 @@ pub enum Output {
         /// Close reason (≤ 123 bytes).
         reason: Cow<'static, str>,
     },
+    /// Send these room messages to this connection, in order (write `frames.bytes()`, or
+    /// each of `frames.texts()`), then report the written bytes. Only with
+    /// [`HubConfig::coalesce_room_messages`].
+    SendFrames {
+        /// Receiver.
+        conn: ConnId,
+        /// The burst, shared with every other member.
+        frames: Frames,
+    },
     /// An event for the application.
     Event(Event),
     /// Carry this publish to the other nodes (only with `HubConfig::backplane`).
@@ -391,6 +400,11 @@ enum Timer {
     Room { slot: usize, uid: u64 },
 }
 
+/// A room holding this many coalesced messages (or a quarter of a connection's output
+/// budget) hands them out at once: bounds the latency and the size of one burst whatever
+/// the caller's batch size, so a burst alone never makes a fast reader a slow consumer.
+const MAX_PENDING_MESSAGES: usize = 64;
+
 /// The routing state machine. See the crate docs for the run loop.
 pub struct Hub {
     config: HubConfig,
@@ -409,6 +423,8 @@ pub struct Hub {
     outputs: VecDeque<Output>,
     /// Connections found over their output budget during a fan-out, closed right after.
     doomed: Vec<ConnId>,
+    /// Rooms holding coalesced messages not yet handed out.
+    pending_rooms: Vec<usize>,
     stamp: u64,
     stats: Stats,
     hasher: SeededState,
@@ -440,6 +456,7 @@ impl Hub {
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
             doomed: Vec::new(),
+            pending_rooms: Vec::new(),
             stamp: 0,
             stats: Stats::default(),
             hasher,
@@ -602,6 +619,8 @@ impl Hub {
         let now = self.clock.advance(now);
         let s = self.slot_of(id)?;
         if self.conns[s].state == ConnState::Open {
+            // Its socket is gone: what the rooms still hold for it goes nowhere.
+            self.skip_pending(s);
             self.detach(s, reason, now);
         }
         self.free(s);
@@ -652,6 +671,7 @@ impl Hub {
         if self.conns[s].state != ConnState::Open {
             return;
         }
+        self.catch_up(s);
         let id = self.conns[s].id;
         self.outputs.push_back(Output::Close {
             conn: id,
@@ -1191,6 +1211,7 @@ impl Hub {
     }
 
     fn add_member(&mut self, s: usize, rk: usize, presence: bool) {
+        self.flush_room(rk);
         let id = self.conns[s].id;
         self.rooms[rk].members.insert(s);
         self.conns[s].rooms.insert(rk, false);
@@ -1225,6 +1246,7 @@ impl Hub {
     }
 
     fn remove_member(&mut self, s: usize, rk: usize, now: Timestamp) {
+        self.flush_room(rk);
         let id = self.conns[s].id;
         self.conns[s].rooms.swap_remove(&rk);
         let room = &mut self.rooms[rk];
@@ -1268,6 +1290,7 @@ impl Hub {
     }
 
     fn drop_room(&mut self, rk: usize) {
+        self.flush_room(rk);
         let r = self.rooms.remove(rk);
         self.room_names.remove(&r.name);
         self.outputs
@@ -1351,6 +1374,7 @@ impl Hub {
     /// over budget is marked and closed after the current fan-out (see `reap`), so one
     /// slow reader never stalls or reorders the others.
     fn send(&mut self, id: ConnId, msg: &Outgoing) {
+        self.catch_up(id.slot());
         let Hub {
             conns,
             outputs,
@@ -1380,6 +1404,123 @@ impl Hub {
                     now,
                 );
             }
+        }
+    }
+
+    /// Hands out every coalesced room message now. Call after each batch of inputs when
+    /// [`HubConfig::coalesce_room_messages`] is on (a no-op otherwise): until then room
+    /// messages wait, so a burst reaches each member as one [`Output::SendFrames`].
+    pub fn flush(&mut self) {
+        if self.pending_rooms.is_empty() {
+            return;
+        }
+        while let Some(&rk) = self.pending_rooms.last() {
+            self.flush_room(rk);
+        }
+        let now = self.clock.now();
+        self.reap(now);
+    }
+
+    /// Hands one room's coalesced messages to its members: the whole burst shared, or
+    /// the rest of it to members already handed a part. Must run before the room's
+    /// membership changes, so exactly the members at publish time receive them.
+    fn flush_room(&mut self, rk: usize) {
+        let Hub {
+            rooms,
+            conns,
+            outputs,
+            doomed,
+            stats,
+            config,
+            pending_rooms,
+            ..
+        } = self;
+        let room = &mut rooms[rk];
+        if room.pending.is_empty() {
+            return;
+        }
+        if let Some(i) = pending_rooms.iter().position(|&r| r == rk) {
+            pending_rooms.swap_remove(i);
+        }
+        let msgs = std::mem::take(&mut room.pending);
+        room.pending_bytes = 0;
+        let whole = (msgs.len() > 1).then(|| Frames::concat(&msgs));
+        for &m in room.members.iter() {
+            let from = match room.caught_up.is_empty() {
+                true => 0,
+                false => room.caught_up.get(&m).copied().unwrap_or(0),
+            };
+            let c = &mut conns[m];
+            match (&whole, from) {
+                (Some(frames), 0) => {
+                    deliver_frames(c, frames, outputs, doomed, stats, config.max_buffered_bytes)
+                }
+                _ => hand(
+                    c,
+                    msgs.get(from..).unwrap_or_default(),
+                    outputs,
+                    doomed,
+                    stats,
+                    config,
+                ),
+            }
+        }
+        room.caught_up.clear();
+        // Keep the allocation for the next burst.
+        room.pending = msgs;
+        room.pending.clear();
+    }
+
+    /// Before anything else goes to connection `s`: hands it the coalesced room messages
+    /// published before, so it sees everything in the order the hub decided it.
+    fn catch_up(&mut self, s: usize) {
+        if self.pending_rooms.is_empty() {
+            return;
+        }
+        for i in 0..self.pending_rooms.len() {
+            let rk = self.pending_rooms[i];
+            if self.conns[s].rooms.contains_key(&rk) {
+                self.catch_up_room(s, rk);
+            }
+        }
+    }
+
+    /// Marks connection `s` as having had every coalesced message, without sending any.
+    fn skip_pending(&mut self, s: usize) {
+        for i in 0..self.pending_rooms.len() {
+            let rk = self.pending_rooms[i];
+            if self.conns[s].rooms.contains_key(&rk) {
+                let room = &mut self.rooms[rk];
+                room.caught_up.insert(s, room.pending.len());
+            }
+        }
+    }
+
+    fn catch_up_room(&mut self, s: usize, rk: usize) {
+        let Hub {
+            rooms,
+            conns,
+            outputs,
+            doomed,
+            stats,
+            config,
+            ..
+        } = self;
+        let room = &mut rooms[rk];
+        let len = room.pending.len();
+        let from = room.caught_up.get(&s).copied().unwrap_or(0);
+        if from < len {
+            hand(
+                &mut conns[s],
+                &room.pending[from..],
+                outputs,
+                doomed,
+                stats,
+                config,
+            );
+        }
+        if len > 0 {
+            room.caught_up.insert(s, len.max(from));
         }
     }
 
@@ -1414,23 +1555,53 @@ impl Hub {
             self.trim_history(rk, now);
         }
         let mut delivered = 0;
-        let Hub {
-            rooms,
-            conns,
-            outputs,
-            doomed,
-            stats,
-            config,
-            ..
-        } = self;
-        for &m in rooms[rk].members.iter() {
-            let c = &mut conns[m];
-            if exclude.contains(&c.id) {
-                continue;
+        if self.config.coalesce_room_messages {
+            // Held until the burst ends; a member excluded from this message is handed
+            // everything before it now and skips it.
+            for &x in exclude {
+                if let Ok(xs) = self.open_slot(x) {
+                    if self.rooms[rk].members.contains(&xs) {
+                        self.catch_up_room(xs, rk);
+                        let skip = self.rooms[rk].pending.len() + 1;
+                        self.rooms[rk].caught_up.insert(xs, skip);
+                        delivered -= 1;
+                    }
+                }
             }
-            delivered += 1;
-            deliver(c, &msg, outputs, doomed, stats, config.max_buffered_bytes);
+            let room = &mut self.rooms[rk];
+            delivered += room.members.len() as isize;
+            if !room.members.is_empty() {
+                if room.pending.is_empty() {
+                    self.pending_rooms.push(rk);
+                }
+                room.pending.push(msg.clone());
+                room.pending_bytes += msg.wire_len();
+                if room.pending.len() >= MAX_PENDING_MESSAGES
+                    || room.pending_bytes >= self.config.max_buffered_bytes / 4
+                {
+                    self.flush_room(rk);
+                }
+            }
+        } else {
+            let Hub {
+                rooms,
+                conns,
+                outputs,
+                doomed,
+                stats,
+                config,
+                ..
+            } = self;
+            for &m in rooms[rk].members.iter() {
+                let c = &mut conns[m];
+                if exclude.contains(&c.id) {
+                    continue;
+                }
+                delivered += 1;
+                deliver(c, &msg, outputs, doomed, stats, config.max_buffered_bytes);
+            }
         }
+        let delivered = delivered.max(0) as usize;
         let room = self.rooms[rk].name.clone();
         self.announce(
             origin,
@@ -1457,6 +1628,7 @@ impl Hub {
         data: Option<&RawValue>,
         exclude: &[ConnId],
     ) -> Delivery {
+        self.flush();
         let ch = &self.channels[ck];
         let msg = Outgoing::build(|b| {
             protocol::write_head(b, "message", None);
@@ -1621,6 +1793,7 @@ impl Hub {
     pub fn remove_room(&mut self, name: &str) -> Result<(), HubError> {
         let rk = *self.room_names.get(name).ok_or(HubError::UnknownRoom)?;
         let now = self.clock.now();
+        self.flush_room(rk);
         self.rooms[rk].persistent = true; // keep the slot stable while members leave
         let members: Vec<usize> = self.rooms[rk].members.iter().copied().collect();
         for m in members {
@@ -1928,6 +2101,7 @@ impl Hub {
         data: Option<&RawValue>,
         exclude: &[ConnId],
     ) -> Delivery {
+        self.flush();
         let msg = Outgoing::build(|b| {
             protocol::write_head(b, "message", None);
             write_body(b, event, None, data);
@@ -2042,6 +2216,53 @@ fn deliver(
         conn: c.id,
         msg: msg.clone(),
     });
+}
+
+fn deliver_frames(
+    c: &mut Conn,
+    frames: &Frames,
+    outputs: &mut VecDeque<Output>,
+    doomed: &mut Vec<ConnId>,
+    stats: &mut Stats,
+    max_buffered: usize,
+) {
+    if c.state != ConnState::Open {
+        return;
+    }
+    c.unsent += frames.wire_len();
+    if c.unsent > max_buffered && !c.doomed {
+        c.doomed = true;
+        doomed.push(c.id);
+    }
+    stats.messages_out += frames.count() as u64;
+    stats.bytes_out += frames.wire_len() as u64;
+    outputs.push_back(Output::SendFrames {
+        conn: c.id,
+        frames: frames.clone(),
+    });
+}
+
+/// Hands one connection some coalesced messages: one output either way.
+fn hand(
+    c: &mut Conn,
+    msgs: &[Outgoing],
+    outputs: &mut VecDeque<Output>,
+    doomed: &mut Vec<ConnId>,
+    stats: &mut Stats,
+    config: &HubConfig,
+) {
+    match msgs {
+        [] => {}
+        [one] => deliver(c, one, outputs, doomed, stats, config.max_buffered_bytes),
+        more => deliver_frames(
+            c,
+            &Frames::concat(more),
+            outputs,
+            doomed,
+            stats,
+            config.max_buffered_bytes,
+        ),
+    }
 }
 
 fn presence_msg(room: &str, kind: &str, peer: &[u8]) -> Outgoing {

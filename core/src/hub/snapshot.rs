@@ -321,7 +321,24 @@ impl Hub {
             }
         }
         assert_eq!(open, self.open_conns, "open connection count");
+        for &rk in &self.pending_rooms {
+            let r = self.rooms.get(rk).expect("a pending room is live");
+            assert!(!r.pending.is_empty(), "a pending room holds messages");
+        }
         for (rk, r) in self.rooms.iter() {
+            assert_eq!(
+                r.pending.is_empty(),
+                !self.pending_rooms.contains(&rk),
+                "pending room index"
+            );
+            assert!(
+                r.pending.len() < super::MAX_PENDING_MESSAGES,
+                "a burst is handed out at its bound"
+            );
+            for (&m, &n) in r.caught_up.iter() {
+                assert!(r.members.contains(&m), "caught-up entry for a non-member");
+                assert!(n <= r.pending.len(), "caught up past the burst");
+            }
             assert_eq!(self.room_names.get(&r.name), Some(&rk), "room name index");
             for &m in r.members.iter() {
                 let c = self.conns.get(m).expect("member is a live conn");

@@ -96,6 +96,13 @@ pub(crate) struct Room {
     /// Created by the server API: kept when empty.
     pub(crate) persistent: bool,
     pub(crate) expiry_at: Option<Timestamp>,
+    /// Messages published but not yet handed to the members (coalescing), oldest first.
+    pub(crate) pending: Vec<Outgoing>,
+    /// Their bytes on the wire.
+    pub(crate) pending_bytes: usize,
+    /// Members already handed the first N pending messages (they needed something else
+    /// sent to them in between, or were excluded from one): conn slot → N.
+    pub(crate) caught_up: IndexMap<usize, usize>,
 }
 
 impl Room {
@@ -122,6 +129,9 @@ impl Room {
             max_members,
             persistent,
             expiry_at: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            caught_up: IndexMap::with_hasher(hasher.clone()),
         }
     }
 

@@ -48,6 +48,14 @@ impl T {
                         .or_default()
                         .push(msg.text().to_owned());
                 }
+                Output::SendFrames { conn, frames } => {
+                    self.hub.handle_flushed(conn, frames.wire_len()).ok();
+                    for text in frames.texts() {
+                        let v: Value = serde_json::from_str(text).expect("server sends JSON");
+                        self.inbox.entry(conn).or_default().push(v);
+                        self.raw.entry(conn).or_default().push(text.to_owned());
+                    }
+                }
                 Output::Close { conn, code, reason } => {
                     self.closes.push((conn, code, reason.into_owned()))
                 }

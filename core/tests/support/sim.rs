@@ -74,6 +74,8 @@ pub struct SimReport {
     pub heartbeat_reaps: u64,
     /// Peers closed as slow consumers.
     pub slow_closes: u64,
+    /// Coalesced room bursts delivered.
+    pub bursts: u64,
 }
 
 impl SimReport {
@@ -85,6 +87,7 @@ impl SimReport {
         self.errors += o.errors;
         self.heartbeat_reaps += o.heartbeat_reaps;
         self.slow_closes += o.slow_closes;
+        self.bursts += o.bursts;
     }
 }
 
@@ -103,6 +106,8 @@ struct Sim {
     next_msg: u64,
     room_seq: HashMap<String, u64>,
     max_buffered: usize,
+    /// Room messages coalesced (odd seeds).
+    coalesce: bool,
 }
 
 fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
@@ -127,6 +132,7 @@ impl Sim {
                 max_age_ms: 20_000,
             },
             max_buffered_bytes: max_buffered,
+            coalesce_room_messages: seed % 2 == 1,
             ..HubConfig::default()
         };
         let mut hub = Hub::new(config, hub_seed, Timestamp(0));
@@ -147,6 +153,7 @@ impl Sim {
             next_msg: 1,
             room_seq: HashMap::default(),
             max_buffered,
+            coalesce: seed % 2 == 1,
         }
     }
 
@@ -176,6 +183,11 @@ impl Sim {
 
     /// Drains outputs, checking each delivery against the model.
     fn drain(&mut self) {
+        // Like the native server after a batch of inputs, but only sometimes, so bursts
+        // also span steps and meet joins, leaves, closes and direct replies.
+        if self.coalesce && self.rng.below_or_eq(2) == 0 {
+            self.hub.flush();
+        }
         let mut parsed: HashMap<*const u8, Rc<Value>> = HashMap::default();
         while let Some(out) = self.hub.poll_output() {
             match out {
@@ -194,6 +206,22 @@ impl Sim {
                         .or_insert_with(|| Rc::new(serde_json::from_str(msg.text()).expect("JSON")))
                         .clone();
                     self.receive(p, &v);
+                }
+                Output::SendFrames { conn, frames } => {
+                    assert!(self.coalesce, "bursts only when coalescing");
+                    let p = self.by_id[&conn];
+                    assert!(!self.peers[p].closed, "burst to a closed peer: {frames:?}");
+                    assert!(frames.count() > 1, "a burst of one is a plain send");
+                    self.report.bursts += 1;
+                    if !self.peers[p].slow {
+                        self.hub
+                            .handle_flushed(conn, frames.wire_len())
+                            .expect("open");
+                    }
+                    for text in frames.texts() {
+                        let v = serde_json::from_str(text).expect("JSON");
+                        self.receive(p, &v);
+                    }
                 }
                 Output::Ping { conn } => {
                     let p = self.by_id[&conn];
@@ -324,8 +352,9 @@ impl Sim {
         let Some(room) = self.peers[p].rooms.keys().next().cloned() else {
             return;
         };
-        self.peers[p].rooms.remove(&room);
+        // Messages held for a burst may still arrive while the leave is handled.
         self.text(p, json!({"type":"leave","room":room}));
+        self.peers[p].rooms.remove(&room);
     }
 
     fn publish_room(&mut self, p: usize) {
@@ -524,6 +553,8 @@ impl Sim {
     }
 
     fn finish(&mut self) {
+        self.hub.flush();
+        self.drain();
         // every member still in a room has received everything up to the room's seq
         for (i, peer) in self.peers.iter().enumerate() {
             if peer.closed {
