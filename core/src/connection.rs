@@ -513,6 +513,21 @@ impl Connection {
         self.events.push_back(WsEvent::Failed { code, reason });
     }
 
+    /// Gives back the memory of queues that are empty now. An adapter calls it when a
+    /// connection goes idle (everything written): a queue's capacity would otherwise stay
+    /// allocated for the life of a connection that once had a burst.
+    pub fn shrink_idle(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.pongs.is_empty() {
+            self.pongs = VecDeque::new();
+        }
+        if self.transmit.is_empty() {
+            self.transmit = VecDeque::new();
+        }
+    }
+
     fn release_read_buffers(&mut self) {
         self.message = None;
         self.message_buf = BytesMut::new();

@@ -105,6 +105,14 @@ impl OutQueue {
         Poll::Ready(Ok(written))
     }
 
+    /// Gives back the queue's memory once everything is written (see
+    /// `Connection::shrink_idle`): idle connections hold no buffers.
+    pub(crate) fn shrink_idle(&mut self) {
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+    }
+
     /// Drops `n` written bytes from the front; returns how many of them were hub bytes.
     pub(crate) fn advance(&mut self, mut n: usize) -> usize {
         let mut hub_bytes = 0;

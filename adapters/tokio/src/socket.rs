@@ -12,7 +12,7 @@ use std::future::poll_fn;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use roomcast_core::close::code;
 use roomcast_core::connection::{Connection, ConnectionConfig, SendError, State, WsEvent};
@@ -83,7 +83,21 @@ pub(crate) async fn serve(
     guard: SocketGuard,
 ) {
     match on_upgrade.await {
-        Ok(upgraded) => serve_upgraded(upgraded, mode, params).await,
+        // The connection's long-lived task is exactly the socket loop, spawned fresh: none
+        // of this handshake-phase state stays in the memory of every idle connection.
+        Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+            // The common case (our own server, axum with http1) is a plain TCP stream:
+            // take it back from hyper for split halves without locks and true vectored
+            // writes.
+            Ok(parts) => {
+                let (r, w) = parts.io.into_inner().into_split();
+                tokio::spawn(run_guarded(r, w, parts.read_buf, mode, params, guard));
+            }
+            Err(upgraded) => {
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                tokio::spawn(run_guarded(r, w, Bytes::new(), mode, params, guard));
+            }
+        },
         Err(e) => {
             debug!("upgrade failed: {e}");
             if let Mode::Hub { conn, commands, .. } = mode {
@@ -92,25 +106,24 @@ pub(crate) async fn serve(
                 };
                 let _ = commands.send(Command::Disconnect { conn, reason }).await;
             }
+            drop(guard);
         }
     }
-    drop(guard);
 }
 
-async fn serve_upgraded(upgraded: Upgraded, mode: Mode, params: SocketParams) {
-    // The common case (our own server, axum with http1) is a plain TCP stream: take it
-    // back from hyper for split halves without locks and true vectored writes.
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let tcp = parts.io.into_inner();
-            let (r, w) = tcp.into_split();
-            run(r, w, parts.read_buf, mode, params).await;
-        }
-        Err(upgraded) => {
-            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            run(r, w, Bytes::new(), mode, params).await;
-        }
-    }
+async fn run_guarded<R, W>(
+    reader: R,
+    writer: W,
+    early: Bytes,
+    mode: Mode,
+    params: SocketParams,
+    guard: SocketGuard,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    run(reader, writer, early, mode, params).await;
+    drop(guard);
 }
 
 /// How the socket loop ended.
@@ -122,6 +135,9 @@ enum Ending {
     /// Our close was not answered (or could not be written) in time.
     TimedOut,
 }
+
+/// A command waiting for room in the hub's queue.
+type HubWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 struct Socket {
     conn: Connection,
@@ -142,10 +158,20 @@ struct Socket {
 }
 
 impl Socket {
-    async fn send_hub(&self, cmd: Command) {
-        if let Some((_, commands)) = &self.hub {
-            // A closed channel means the hub is gone; the queue ending will close us.
-            let _ = commands.send(cmd).await;
+    /// Queues a command for the hub. `Some` only when the hub's queue is full: then the
+    /// caller awaits the returned wait (TCP backpressure on this peer). Boxed, because it
+    /// is rare and its state would otherwise sit in every idle connection's task.
+    fn send_hub(&self, cmd: Command) -> Option<HubWait> {
+        let (_, commands) = self.hub.as_ref()?;
+        // A closed channel means the hub is gone; the queue ending will close us.
+        match commands.try_send(cmd) {
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let commands = commands.clone();
+                Some(Box::pin(async move {
+                    let _ = commands.send(cmd).await;
+                }))
+            }
+            _ => None,
         }
     }
 
@@ -159,7 +185,9 @@ impl Socket {
                     match &self.hub {
                         Some((conn, _)) => {
                             let conn = *conn;
-                            self.send_hub(Command::Text { conn, text }).await;
+                            if let Some(wait) = self.send_hub(Command::Text { conn, text }) {
+                                wait.await;
+                            }
                         }
                         None => {
                             let _ = self.conn.send_text(text.as_str());
@@ -172,7 +200,9 @@ impl Socket {
                         Some((conn, _)) => {
                             let conn = *conn;
                             let len = data.len();
-                            self.send_hub(Command::Binary { conn, len }).await;
+                            if let Some(wait) = self.send_hub(Command::Binary { conn, len }) {
+                                wait.await;
+                            }
                         }
                         None => {
                             let _ = self.conn.send_binary(&data);
@@ -198,7 +228,9 @@ impl Socket {
             self.last_activity = now;
             if let Some((conn, _)) = &self.hub {
                 let conn = *conn;
-                self.send_hub(Command::Activity { conn }).await;
+                if let Some(wait) = self.send_hub(Command::Activity { conn }) {
+                    wait.await;
+                }
             }
         }
         self.out.pull(&mut self.conn, false);
@@ -254,7 +286,9 @@ impl Socket {
             let bytes = std::mem::take(&mut self.unreported);
             if let Some((conn, _)) = &self.hub {
                 let conn = *conn;
-                self.send_hub(Command::Flushed { conn, bytes }).await;
+                if let Some(wait) = self.send_hub(Command::Flushed { conn, bytes }) {
+                    wait.await;
+                }
             }
         }
     }
@@ -352,6 +386,11 @@ where
                 Ok(n) => {
                     metrics.written(n);
                     let hub_bytes = s.out.advance(n);
+                    if s.out.is_empty() {
+                        // All written: an idle connection keeps no queue memory.
+                        s.out.shrink_idle();
+                        s.conn.shrink_idle();
+                    }
                     s.report_flushed(hub_bytes).await;
                 }
                 Err(e) => {
@@ -374,9 +413,19 @@ where
             }
         }
     };
+    // The closing phase runs once per connection: boxed, its state does not make every
+    // idle connection's task bigger.
+    Box::pin(finish(s, reader, writer, ending)).await;
+}
+
+/// Delivers our close frame (and what precedes it), closes our side and drains whatever
+/// the peer still sends, all bounded; then reports the end to metrics and the hub.
+async fn finish<R, W>(mut s: Socket, mut reader: R, mut writer: W, ending: Ending)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     if matches!(ending, Ending::Finished) {
-        // Deliver our close frame (and what precedes it), then close our side and drain
-        // whatever the peer still sends until it closes too.
         let deadline = s
             .close_deadline
             .unwrap_or_else(|| Instant::now() + s.params.close_timeout);
@@ -392,12 +441,14 @@ where
     drop(writer);
     drop(reader);
     let code = s.final_code(&ending);
-    metrics.closed(code);
+    s.params.metrics.closed(code);
     if let Some((conn, _)) = &s.hub {
         let conn = *conn;
         let reason = s.disconnect_reason();
         trace!(%conn, code, "socket closed");
-        s.send_hub(Command::Disconnect { conn, reason }).await;
+        if let Some(wait) = s.send_hub(Command::Disconnect { conn, reason }) {
+            wait.await;
+        }
     }
 }
 
@@ -414,7 +465,8 @@ async fn linger<R: AsyncRead + Unpin>(reader: &mut R) {
 /// Sleeps until `at`, or forever without a deadline.
 pub(crate) async fn sleep_opt(at: Option<Instant>) {
     match at {
-        Some(at) => sleep_until(at).await,
+        // Boxed: only closing connections have a deadline; idle ones carry no timer.
+        Some(at) => Box::pin(sleep_until(at)).await,
         None => std::future::pending().await,
     }
 }
@@ -431,7 +483,8 @@ async fn shutdown_changed(shutdown: &mut Option<watch::Receiver<bool>>) {
         Some(w) => {
             // `wait_for` returns at once if shutdown already started; an error means the
             // sender is gone, which is a shutdown too.
-            let _ = w.wait_for(|down| *down).await;
+            // Boxed: echo mode only; hub connections carry nothing for it.
+            let _ = Box::pin(w.wait_for(|down| *down)).await;
         }
         None => std::future::pending().await,
     }

@@ -375,8 +375,8 @@ pub struct ConnInfo<'a> {
     pub wire_id: &'a str,
     /// Its user.
     pub user: Option<&'a str>,
-    /// Application metadata.
-    pub metadata: &'a BTreeMap<String, String>,
+    /// Application metadata, sorted by key.
+    pub metadata: &'a [(String, String)],
     /// When it was admitted.
     pub connected_at: Timestamp,
     /// Its state.
@@ -587,7 +587,11 @@ impl Hub {
     /// Sets an application metadata entry on a connection.
     pub fn set_metadata(&mut self, id: ConnId, key: String, value: String) -> Result<(), HubError> {
         let s = self.slot_of(id)?;
-        self.conns[s].metadata.insert(key, value);
+        let md = &mut self.conns[s].metadata;
+        match md.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(i) => md[i].1 = value,
+            Err(i) => md.insert(i, (key, value)),
+        }
         Ok(())
     }
 

@@ -20,7 +20,9 @@ pub(crate) struct Conn {
     /// `{"conn":…,"user":…}`, encoded once: it appears in every message this connection
     /// sends and in presence lists.
     pub(crate) peer_json: Box<[u8]>,
-    pub(crate) metadata: BTreeMap<String, String>,
+    /// Sorted by key. A map would cost a whole B-tree node (over 500 bytes) per
+    /// connection for the two or three entries adapters set.
+    pub(crate) metadata: Vec<(String, String)>,
     pub(crate) connected_at: Timestamp,
     pub(crate) state: ConnState,
     /// Room slot → whether this connection receives the room's presence events.
@@ -57,7 +59,11 @@ impl Conn {
             wire: wire.into_boxed_str(),
             user,
             peer_json: peer.into_boxed_slice(),
-            metadata,
+            metadata: {
+                let mut md: Vec<(String, String)> = metadata.into_iter().collect();
+                md.shrink_to_fit();
+                md
+            },
             connected_at: now,
             state: ConnState::Open,
             rooms: IndexMap::with_hasher(hasher.clone()),
