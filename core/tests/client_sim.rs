@@ -96,6 +96,7 @@ impl World {
                 history: HistoryConfig {
                     max_messages: 100_000,
                     max_age_ms: 600_000,
+                    ..HistoryConfig::default()
                 },
                 coalesce_room_messages: seed % 2 == 1,
                 ..HubConfig::default()

@@ -43,6 +43,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
         history: HistoryConfig {
             max_messages: 5,
             max_age_ms: 3000,
+            // small enough that the byte budget evicts across rooms too
+            max_total_bytes: 1200,
         },
         ..Default::default()
     };

@@ -44,6 +44,7 @@ async fn reconnects_rejoins_and_loses_nothing() {
             history: HistoryConfig {
                 max_messages: 1000,
                 max_age_ms: 60_000,
+                ..HistoryConfig::default()
             },
             ..HubConfig::default()
         },

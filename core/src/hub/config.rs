@@ -46,6 +46,10 @@ pub struct HistoryConfig {
     pub max_messages: usize,
     /// How long a message is kept (and how long an empty room outlives its members).
     pub max_age_ms: u64,
+    /// Bytes of history kept across all rooms together. Past it the oldest messages go
+    /// first, whichever room holds them: without it one client could make the server
+    /// keep `max_messages` × the message size limit in as many rooms as it creates.
+    pub max_total_bytes: usize,
 }
 
 impl HistoryConfig {
@@ -59,6 +63,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             max_messages: 0,
             max_age_ms: 5 * 60 * 1000,
+            max_total_bytes: 32 << 20,
         }
     }
 }

@@ -364,6 +364,10 @@ pub struct Stats {
     pub slow_consumers: u64,
     /// Connections reaped by the heartbeat.
     pub heartbeat_timeouts: u64,
+    /// History messages dropped to keep all rooms' history under its byte budget.
+    pub history_evicted: u64,
+    /// Bytes of history held across all rooms.
+    pub history_bytes: usize,
 }
 
 /// Read-only view of a connection for the application.
@@ -425,6 +429,8 @@ pub struct Hub {
     doomed: Vec<ConnId>,
     /// Rooms holding coalesced messages not yet handed out.
     pending_rooms: Vec<usize>,
+    /// Bytes of history held across all rooms.
+    history_bytes: usize,
     stamp: u64,
     stats: Stats,
     hasher: SeededState,
@@ -457,6 +463,7 @@ impl Hub {
             outputs: VecDeque::new(),
             doomed: Vec::new(),
             pending_rooms: Vec::new(),
+            history_bytes: 0,
             stamp: 0,
             stats: Stats::default(),
             hasher,
@@ -475,6 +482,7 @@ impl Hub {
             rooms: self.rooms.len(),
             channels: self.channels.len(),
             users: self.users.len(),
+            history_bytes: self.history_bytes,
             ..self.stats
         }
     }
@@ -1296,6 +1304,7 @@ impl Hub {
     fn drop_room(&mut self, rk: usize) {
         self.flush_room(rk);
         let r = self.rooms.remove(rk);
+        self.history_bytes -= r.history.iter().map(|h| h.msg.wire_len()).sum::<usize>();
         self.room_names.remove(&r.name);
         self.outputs
             .push_back(Output::Event(Event::RoomRemoved { room: r.name }));
@@ -1307,9 +1316,45 @@ impl Hub {
         while let Some(front) = r.history.front() {
             if r.history.len() > hist.max_messages || front.at.saturating_add(hist.max_age()) <= now
             {
+                self.history_bytes -= front.msg.wire_len();
                 r.history.pop_front();
             } else {
                 break;
+            }
+        }
+    }
+
+    /// Brings the history of all rooms together back under its byte budget (to 7/8 of
+    /// it, so eviction runs once per eighth of the budget, not on every publish): the
+    /// oldest messages go first, whichever room holds them. `keep` is the room being
+    /// published to; rooms other than it that end up empty and unused are removed.
+    fn evict_history(&mut self, keep: usize, now: Timestamp) {
+        let target = self.config.history.max_total_bytes / 8 * 7;
+        // Oldest first across rooms: a heap of each room's oldest entry.
+        let mut heap: BinaryHeap<Reverse<(Timestamp, u64, usize)>> = self
+            .rooms
+            .iter()
+            .filter_map(|(rk, r)| r.history.front().map(|h| Reverse((h.at, h.seq, rk))))
+            .collect();
+        let mut emptied = Vec::new();
+        while self.history_bytes > target {
+            let Some(Reverse((_, _, rk))) = heap.pop() else {
+                break;
+            };
+            let r = &mut self.rooms[rk];
+            let Some(front) = r.history.pop_front() else {
+                continue;
+            };
+            self.history_bytes -= front.msg.wire_len();
+            self.stats.history_evicted += 1;
+            match r.history.front() {
+                Some(h) => heap.push(Reverse((h.at, h.seq, rk))),
+                None => emptied.push(rk),
+            }
+        }
+        for rk in emptied {
+            if rk != keep {
+                self.maybe_remove_room(rk, now);
             }
         }
     }
@@ -1551,12 +1596,16 @@ impl Hub {
             write_body(b, event, from, data);
         });
         if self.config.history.max_messages > 0 {
+            self.history_bytes += msg.wire_len();
             r.history.push_back(HistoryEntry {
                 seq,
                 at: now,
                 msg: msg.clone(),
             });
             self.trim_history(rk, now);
+            if self.history_bytes > self.config.history.max_total_bytes {
+                self.evict_history(rk, now);
+            }
         }
         let mut delivered = 0;
         if self.config.coalesce_room_messages {

@@ -199,10 +199,12 @@ impl Hub {
             room.seq = r.seq;
             for h in r.history {
                 if h.seq <= r.seq && room.history.back().is_none_or(|b| b.seq < h.seq) {
+                    let msg = Outgoing::from_text(&h.text);
+                    hub.history_bytes += msg.wire_len();
                     room.history.push_back(HistoryEntry {
                         seq: h.seq,
                         at: Timestamp(h.at),
-                        msg: Outgoing::from_text(&h.text),
+                        msg,
                     });
                 }
             }
@@ -321,6 +323,12 @@ impl Hub {
             }
         }
         assert_eq!(open, self.open_conns, "open connection count");
+        let history: usize = self
+            .rooms
+            .iter()
+            .flat_map(|(_, r)| r.history.iter().map(|h| h.msg.wire_len()))
+            .sum();
+        assert_eq!(history, self.history_bytes, "history byte count");
         for &rk in &self.pending_rooms {
             let r = self.rooms.get(rk).expect("a pending room is live");
             assert!(!r.pending.is_empty(), "a pending room holds messages");

@@ -648,6 +648,7 @@ fn history_hub() -> T {
         history: HistoryConfig {
             max_messages: 3,
             max_age_ms: 60_000,
+            ..Default::default()
         },
         heartbeat: HeartbeatConfig {
             server_pings: false,
@@ -655,6 +656,53 @@ fn history_hub() -> T {
         },
         ..Default::default()
     })
+}
+
+#[test]
+fn history_has_one_byte_budget_for_all_rooms_oldest_out_first() {
+    let blob = "x".repeat(1000);
+    let mut t = T::with(HubConfig {
+        history: HistoryConfig {
+            max_messages: 100,
+            max_age_ms: 60_000,
+            max_total_bytes: 8_000,
+        },
+        heartbeat: HeartbeatConfig {
+            server_pings: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let a = t.connect(None);
+    // Three rooms, three messages each, oldest in "r0": about 9 KB in all.
+    for room in ["r0", "r1", "r2"] {
+        let ack = t.join(a, room);
+        assert_eq!(ack["type"], "ack");
+        for _ in 0..3 {
+            t.now += 1;
+            t.send(
+                a,
+                json!({"type":"publish","room":room,"event":"e","data":blob}),
+            );
+            t.take(a);
+        }
+    }
+    let stats = t.hub.stats();
+    assert!(stats.history_bytes <= 8_000, "{stats:?}");
+    assert!(stats.history_evicted >= 2, "{stats:?}");
+    // A join with another epoch is replayed the whole history only if it still reaches
+    // back to seq 1.
+    let mut replayed = |room: &str| {
+        let b = t.connect(None);
+        t.send(b, json!({"type":"join","room":room,"since":0,"epoch":"x"}));
+        t.take(b).iter().filter(|m| m["type"] == "message").count()
+    };
+    // The newest room kept everything; the oldest lost its start.
+    assert_eq!(replayed("r2"), 3);
+    assert_eq!(replayed("r0"), 0, "r0 no longer reaches back to seq 1");
+    // A room whose history was evicted entirely and that nobody is in goes away.
+    t.ask(a, json!({"type":"leave","room":"r0"}));
+    t.hub.check_invariants();
 }
 
 #[test]

@@ -130,6 +130,8 @@ impl Sim {
             history: HistoryConfig {
                 max_messages: if cfg.history { 50 } else { 0 },
                 max_age_ms: 20_000,
+                // below what 50 messages in every room take: the budget evicts too
+                max_total_bytes: 6_000,
             },
             max_buffered_bytes: max_buffered,
             coalesce_room_messages: seed % 2 == 1,

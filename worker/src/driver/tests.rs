@@ -245,6 +245,7 @@ fn history_config(n: usize) -> HubConfig {
         history: HistoryConfig {
             max_messages: n,
             max_age_ms: 60_000,
+            ..HistoryConfig::default()
         },
         heartbeat: roomcast_core::hub::HeartbeatConfig {
             server_pings: false,
