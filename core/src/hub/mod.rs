@@ -1328,7 +1328,7 @@ impl Hub {
     /// it, so eviction runs once per eighth of the budget, not on every publish): the
     /// oldest messages go first, whichever room holds them. `keep` is the room being
     /// published to; rooms other than it that end up empty and unused are removed.
-    fn evict_history(&mut self, keep: usize, now: Timestamp) {
+    pub(crate) fn evict_history(&mut self, keep: usize, now: Timestamp) {
         let target = self.config.history.max_total_bytes / 8 * 7;
         // Oldest first across rooms: a heap of each room's oldest entry.
         let mut heap: BinaryHeap<Reverse<(Timestamp, u64, usize)>> = self

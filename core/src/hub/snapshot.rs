@@ -288,6 +288,11 @@ impl Hub {
             hub.trim_history(rk, now);
             hub.maybe_remove_room(rk, now);
         }
+        // And their history together stays within its byte budget (storage may hold
+        // more: it trims by count and age only).
+        if hub.history_bytes > hub.config.history.max_total_bytes {
+            hub.evict_history(usize::MAX, now);
+        }
         hub
     }
 

@@ -1143,3 +1143,44 @@ fn restore_expires_old_history_and_reports_removed_rooms() {
         .iter()
         .any(|e| matches!(e, Event::RoomRemoved { room } if &**room == "kept")));
 }
+
+#[test]
+fn restore_keeps_history_within_its_byte_budget() {
+    let config = HubConfig {
+        history: HistoryConfig {
+            max_messages: 100,
+            max_age_ms: 60_000,
+            max_total_bytes: 1_000,
+        },
+        ..Default::default()
+    };
+    let text = |seq: u64| {
+        format!(
+            r#"{{"type":"message","room":"r","seq":{seq},"event":"e","data":"{}"}}"#,
+            "x".repeat(200)
+        )
+    };
+    let room = RoomSnapshot {
+        name: "r".into(),
+        epoch: "e1".into(),
+        seq: 10,
+        persistent: true,
+        max_members: None,
+        data: None,
+        history: (1..=10)
+            .map(|seq| HistorySnapshot {
+                seq,
+                at: seq,
+                text: text(seq),
+            })
+            .collect(),
+    };
+    let hub = Hub::restore(config, [1; 32], Timestamp(100), vec![room], vec![], vec![]);
+    hub.check_invariants();
+    let stats = hub.stats();
+    assert!(stats.history_bytes <= 1_000, "{stats:?}");
+    assert!(stats.history_evicted >= 6, "{stats:?}");
+    // The newest messages are the ones kept.
+    let snap = hub.snapshot_room("r").unwrap();
+    assert_eq!(snap.history.last().map(|h| h.seq), Some(10));
+}
