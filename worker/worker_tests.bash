@@ -37,6 +37,8 @@ worker_tests() {
 		[SMALL_MESSAGES]="ROOMCAST_MAX_MESSAGE_SIZE:1024"
 		[MAX_CONNECTIONS]="ROOMCAST_MAX_CONNECTIONS:2"
 		[ORIGIN]="ROOMCAST_ALLOWED_ORIGIN:http://good.example"
+		[ROOM_LIMIT]="ROOMCAST_MAX_ROOM_MEMBERS:1"
+		[NO_ROOM_CREATION]="ROOMCAST_NO_ROOM_CREATION:true"
 		[HIBERNATION]="ROOMCAST_HISTORY_AGE:30s"
 	)
 	local -A port pid
@@ -73,6 +75,8 @@ worker_tests() {
 				ROOMCAST_WS_URL_SMALL_MESSAGES="ws://127.0.0.1:${port[SMALL_MESSAGES]}$hub" \
 				ROOMCAST_WS_URL_MAX_CONNECTIONS="ws://127.0.0.1:${port[MAX_CONNECTIONS]}$hub" \
 				ROOMCAST_WS_URL_ORIGIN="ws://127.0.0.1:${port[ORIGIN]}$hub" \
+				ROOMCAST_WS_URL_ROOM_LIMIT="ws://127.0.0.1:${port[ROOM_LIMIT]}$hub" \
+				ROOMCAST_WS_URL_NO_ROOM_CREATION="ws://127.0.0.1:${port[NO_ROOM_CREATION]}$hub" \
 				bounded 1200 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" "${extra[@]}"
 		) || rc=$?
 		junit_count "$xml"

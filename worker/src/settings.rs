@@ -25,6 +25,14 @@ pub const VARIABLES: &[&str] = &[
     "ROOMCAST_HISTORY_AGE",
     "ROOMCAST_PING_INTERVAL",
     "ROOMCAST_PONG_TIMEOUT",
+    "ROOMCAST_HISTORY_MAX_BYTES",
+    "ROOMCAST_MAX_ROOM_MEMBERS",
+    "ROOMCAST_NO_ROOM_CREATION",
+    "ROOMCAST_MAX_ROOMS_PER_CONNECTION",
+    "ROOMCAST_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+    "ROOMCAST_RATE_LIMIT_BURST",
+    "ROOMCAST_RATE_LIMIT_PER_SECOND",
+    "ROOMCAST_RATE_LIMIT_GRACE",
 ];
 
 /// A variable that could not be understood. Deploying with a typo must fail loudly (every
@@ -91,6 +99,30 @@ impl Settings {
         if let Some((name, v)) = get("ROOMCAST_PONG_TIMEOUT") {
             hub.heartbeat.timeout_ms = parse_millis(name, &v)?;
         }
+        if let Some((name, v)) = get("ROOMCAST_HISTORY_MAX_BYTES") {
+            hub.history.max_total_bytes = parse_size(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_MAX_ROOM_MEMBERS") {
+            hub.max_room_members = Some(parse_count(name, &v, 1)?);
+        }
+        if let Some((name, v)) = get("ROOMCAST_NO_ROOM_CREATION") {
+            hub.clients_create_rooms = !parse_bool(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_MAX_ROOMS_PER_CONNECTION") {
+            hub.max_rooms_per_conn = parse_count(name, &v, 1)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_MAX_SUBSCRIPTIONS_PER_CONNECTION") {
+            hub.max_subscriptions_per_conn = parse_count(name, &v, 1)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_RATE_LIMIT_BURST") {
+            hub.rate_limit.burst = parse_u32(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_RATE_LIMIT_PER_SECOND") {
+            hub.rate_limit.per_second = parse_u32(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_RATE_LIMIT_GRACE") {
+            hub.rate_limit.grace_ms = parse_millis(name, &v)?;
+        }
         let allowed_origins = get("ROOMCAST_ALLOWED_ORIGIN")
             .map(|(_, v)| {
                 v.split(',')
@@ -126,6 +158,21 @@ fn parse_count(name: &'static str, v: &str, min: usize) -> Result<usize, Setting
         return Err(bad(name, v, format!("must be at least {min}")));
     }
     Ok(n)
+}
+
+fn parse_u32(name: &'static str, v: &str) -> Result<u32, SettingsError> {
+    let n = parse_count(name, v, 1)?;
+    u32::try_from(n).map_err(|_| bad(name, v, "too large"))
+}
+
+/// `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`, as the native server's boolean
+/// variables.
+fn parse_bool(name: &'static str, v: &str) -> Result<bool, SettingsError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(name, v, "expected true or false")),
+    }
 }
 
 /// `1048576`, `64KiB`/`64K`, `1MiB`/`1M`, `1KB`, `1MB`: the native server's units.
@@ -230,6 +277,31 @@ mod tests {
                 "https://b.example".to_owned()
             ]
         );
+        let s = with(&[
+            ("ROOMCAST_HISTORY_MAX_BYTES", "4MiB"),
+            ("ROOMCAST_MAX_ROOM_MEMBERS", "1"),
+            ("ROOMCAST_NO_ROOM_CREATION", "true"),
+            ("ROOMCAST_MAX_ROOMS_PER_CONNECTION", "3"),
+            ("ROOMCAST_MAX_SUBSCRIPTIONS_PER_CONNECTION", "4"),
+            ("ROOMCAST_RATE_LIMIT_BURST", "5"),
+            ("ROOMCAST_RATE_LIMIT_PER_SECOND", "6"),
+            ("ROOMCAST_RATE_LIMIT_GRACE", "7s"),
+        ])
+        .unwrap();
+        assert_eq!(s.hub.history.max_total_bytes, 4 << 20);
+        assert_eq!(s.hub.max_room_members, Some(1));
+        assert!(!s.hub.clients_create_rooms);
+        assert_eq!(s.hub.max_rooms_per_conn, 3);
+        assert_eq!(s.hub.max_subscriptions_per_conn, 4);
+        assert_eq!(s.hub.rate_limit.burst, 5);
+        assert_eq!(s.hub.rate_limit.per_second, 6);
+        assert_eq!(s.hub.rate_limit.grace_ms, 7000);
+        assert!(
+            with(&[("ROOMCAST_NO_ROOM_CREATION", "0")])
+                .unwrap()
+                .hub
+                .clients_create_rooms
+        );
         assert_eq!(
             with(&[("ROOMCAST_MAX_MESSAGE_SIZE", "1024")])
                 .unwrap()
@@ -257,6 +329,10 @@ mod tests {
             ("ROOMCAST_MAX_MESSAGE_SIZE", "99999999999999999999M"),
             ("ROOMCAST_PING_INTERVAL", "soon"),
             ("ROOMCAST_PONG_TIMEOUT", "0s"),
+            ("ROOMCAST_NO_ROOM_CREATION", "maybe"),
+            ("ROOMCAST_MAX_ROOM_MEMBERS", "0"),
+            ("ROOMCAST_RATE_LIMIT_BURST", "99999999999"),
+            ("ROOMCAST_HISTORY_MAX_BYTES", "lots"),
         ] {
             let e = with(&[(k, v)]).unwrap_err();
             assert_eq!(e.name, k);
