@@ -1,5 +1,5 @@
 //! Server settings: the hub's (limits, heartbeat, history) plus what only a native server
-//! has (origins, static files, echo mode, close and shutdown bounds).
+//! has (origins, static files, echo mode, handshake, close and shutdown bounds).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +38,15 @@ pub struct Config {
     pub close_timeout: Duration,
     /// How long a graceful shutdown waits for connections to finish closing.
     pub shutdown_timeout: Duration,
+    /// How long [`crate::Server`] gives a client to send a whole request head (the
+    /// upgrade request, or the next request on an idle keep-alive connection) before
+    /// dropping the TCP connection: the time bound on slow handshakes (slowloris).
+    pub handshake_timeout: Duration,
+    /// Most TCP connections [`crate::Server`] holds that have not (yet) become a
+    /// WebSocket: handshakes in progress and plain HTTP connections. Past it, new TCP
+    /// connections get an immediate `503` and are closed: the count bound on slow
+    /// handshakes, so unfinished heads cannot use up file descriptors or memory.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for Config {
@@ -51,6 +60,8 @@ impl Default for Config {
             echo: false,
             close_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1024,
         }
     }
 }

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use roomcast_core::hub::Stats;
 
@@ -21,6 +21,18 @@ pub(crate) struct Metrics {
     socket_bytes_read: AtomicU64,
     socket_bytes_written: AtomicU64,
     http_requests: AtomicU64,
+    pending_handshakes: AtomicUsize,
+    pending_handshakes_refused: AtomicU64,
+}
+
+/// Held by the task serving an accepted TCP connection until it is upgraded or ends:
+/// one unit of [`Metrics::try_pending`]'s bound.
+pub(crate) struct PendingHandshake(Arc<Metrics>);
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        self.0.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn bump(map: &Mutex<BTreeMap<u16, u64>>, key: u16) {
@@ -62,6 +74,24 @@ impl Metrics {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one more TCP connection in its HTTP phase (handshake not finished, or plain
+    /// HTTP), unless `max` already are: then counts a refusal and returns `None`.
+    pub(crate) fn try_pending(self: &Arc<Self>, max: usize) -> Option<PendingHandshake> {
+        let admitted = self
+            .pending_handshakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            Some(PendingHandshake(Arc::clone(self)))
+        } else {
+            self.pending_handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
     /// Renders the Prometheus text exposition format (version 0.0.4).
     pub(crate) fn render(&self, stats: &Stats, open_sockets: usize) -> String {
         let mut out = String::with_capacity(4096);
@@ -96,7 +126,18 @@ impl Metrics {
             "WebSocket tasks running, including ones still closing.",
             open_sockets as u64,
         );
-        let counters: [(&str, &str, u64); 11] = [
+        gauge(
+            "roomcast_pending_handshakes",
+            "TCP connections not (yet) upgraded to a WebSocket: handshakes in progress and \
+             plain HTTP connections, bounded by --max-pending-handshakes.",
+            self.pending_handshakes.load(Ordering::Acquire) as u64,
+        );
+        gauge(
+            "roomcast_history_bytes",
+            "Bytes of room history held, all rooms together (bounded by --history-max-bytes).",
+            stats.history_bytes as u64,
+        );
+        let counters: [(&str, &str, u64); 13] = [
             (
                 "roomcast_messages_received_total",
                 "WebSocket messages received from clients.",
@@ -128,6 +169,11 @@ impl Metrics {
                 stats.slow_consumers,
             ),
             (
+                "roomcast_history_evicted_total",
+                "History messages dropped to keep all rooms' history under --history-max-bytes.",
+                stats.history_evicted,
+            ),
+            (
                 "roomcast_heartbeat_timeouts_total",
                 "Connections dropped after the heartbeat window passed in silence.",
                 stats.heartbeat_timeouts,
@@ -151,6 +197,12 @@ impl Metrics {
                 "roomcast_http_requests_total",
                 "HTTP requests served (upgrades included).",
                 self.http_requests.load(Ordering::Relaxed),
+            ),
+            (
+                "roomcast_pending_handshakes_refused_total",
+                "TCP connections answered 503 and closed at once because \
+                 --max-pending-handshakes connections were already pending.",
+                self.pending_handshakes_refused.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in counters {
@@ -206,10 +258,27 @@ mod tests {
         assert!(text.contains("roomcast_closes_total{code=\"1009\"} 1\n"));
         assert!(text.contains("roomcast_handshakes_refused_total{status=\"403\"} 1\n"));
         assert_eq!(text.matches("# TYPE roomcast_closes_total ").count(), 1);
+        assert!(text.contains("roomcast_pending_handshakes 0\n"));
+        assert!(text.contains("roomcast_pending_handshakes_refused_total 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("name value");
             assert!(name.starts_with("roomcast_"), "{line}");
             assert!(value.parse::<u64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn pending_handshakes_are_bounded_and_released() {
+        let m = Arc::new(Metrics::default());
+        let a = m.try_pending(2).expect("first");
+        let b = m.try_pending(2).expect("second");
+        assert!(m.try_pending(2).is_none(), "over the bound");
+        drop(a);
+        let c = m.try_pending(2).expect("a released slot is reused");
+        let text = m.render(&Stats::default(), 0);
+        assert!(text.contains("roomcast_pending_handshakes 2\n"), "{text}");
+        assert!(text.contains("roomcast_pending_handshakes_refused_total 1\n"));
+        drop((b, c));
+        assert_eq!(m.pending_handshakes.load(Ordering::Acquire), 0);
     }
 }

@@ -2,7 +2,7 @@
 //! HTTP/1.1 with upgrades, and the graceful shutdown the binary runs on SIGINT/SIGTERM.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,10 +16,23 @@ use crate::config::Config;
 use crate::http::PeerAddr;
 use crate::hub_task::Roomcast;
 
-/// How long a client may take to send a request head (slowloris bound).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head buffered (cookies included).
-const MAX_HEAD: usize = 64 * 1024;
+/// Largest request head accepted, request line and headers (cookies included): the
+/// core parser's bound, 8 KiB (docs/security.md). A longer head, finished or not, gets
+/// 431 from hyper and the connection is closed.
+const MAX_HEAD: usize = roomcast_core::handshake::DEFAULT_MAX_HEADER_BYTES;
+/// hyper's per-connection read buffer. A head is refused once it passes `MAX_HEAD`
+/// whatever this is; it only has to hold one whole request head plus what a client may
+/// pipeline behind it (a WebSocket client's first frames after the upgrade request).
+const MAX_BUF: usize = 64 * 1024;
+/// What a TCP connection accepted past `Config::max_pending_handshakes` gets before it
+/// is closed, written once without waiting.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 14\r\n\
+connection: close\r\n\
+retry-after: 1\r\n\
+\r\n\
+server is busy";
 /// Pause after an accept error such as running out of file descriptors, so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -91,12 +104,16 @@ impl Server {
     pub async fn run_until(self, signal: impl Future<Output = ()>) {
         let Server { listener, rc, .. } = self;
         let (stop_http, http_stopped) = watch::channel(false);
+        let config = rc.config();
+        let max_pending = config.max_pending_handshakes;
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEAD)
+            .header_read_timeout(config.handshake_timeout)
+            .max_header_size(MAX_HEAD)
+            .max_buf_size(MAX_BUF)
             .keep_alive(true);
+        let metrics = rc.shared.metrics.clone();
         tokio::pin!(signal);
         loop {
             let (stream, peer) = tokio::select! {
@@ -111,6 +128,12 @@ impl Server {
                     }
                 },
             };
+            // Every connection is pending until it upgrades (or for its whole life if it
+            // never does): bounded in number here, in time by the handshake timeout.
+            let Some(pending) = metrics.try_pending(max_pending) else {
+                refuse_busy(stream, peer);
+                continue;
+            };
             // Small frames (acks, pongs) must not wait for Nagle.
             let _ = stream.set_nodelay(true);
             let service = PeerService {
@@ -122,14 +145,19 @@ impl Server {
                 .with_upgrades();
             let mut stop = http_stopped.clone();
             tokio::spawn(async move {
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                let result = {
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
                     }
                 };
+                // Upgraded (the socket now belongs to the WebSocket task) or closed: only
+                // now is the connection no longer pending.
+                drop(pending);
                 if let Err(e) = result {
                     debug!(%peer, "http connection ended: {e}");
                 }
@@ -148,6 +176,27 @@ impl Server {
             );
         }
     }
+}
+
+/// Answers a connection over the pending-handshake bound with a 503 and closes it, all
+/// with non-blocking calls on the accept loop: no task, no buffer, no waiting on the
+/// peer. The reply is best effort (a fresh socket's send buffer takes it whole); what the
+/// peer already sent is read and discarded first so that the close is a FIN after the
+/// reply rather than a reset that could destroy it.
+fn refuse_busy(stream: tokio::net::TcpStream, peer: SocketAddr) {
+    debug!(%peer, "too many pending handshakes: refused with 503");
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let mut scratch = [0u8; 1024];
+    for _ in 0..8 {
+        match stream.read(&mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = stream.write(BUSY_RESPONSE);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 /// Adds the peer address to each request so the hub can record it.

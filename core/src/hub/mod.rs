@@ -2258,8 +2258,11 @@ fn deliver(
     if c.state != ConnState::Open {
         return;
     }
+    // Over budget only with a backlog: one message alone (a message near the size
+    // limit is a little bigger than it once wrapped) never makes a reader slow.
+    let backlog = c.unsent;
     c.unsent += msg.wire_len();
-    if c.unsent > max_buffered && !c.doomed {
+    if backlog > 0 && c.unsent > max_buffered && !c.doomed {
         c.doomed = true;
         doomed.push(c.id);
     }
@@ -2282,8 +2285,9 @@ fn deliver_frames(
     if c.state != ConnState::Open {
         return;
     }
+    let backlog = c.unsent;
     c.unsent += frames.wire_len();
-    if c.unsent > max_buffered && !c.doomed {
+    if backlog > 0 && c.unsent > max_buffered && !c.doomed {
         c.doomed = true;
         doomed.push(c.id);
     }

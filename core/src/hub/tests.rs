@@ -1184,3 +1184,30 @@ fn restore_keeps_history_within_its_byte_budget() {
     let snap = hub.snapshot_room("r").unwrap();
     assert_eq!(snap.history.last().map(|h| h.seq), Some(10));
 }
+
+#[test]
+fn one_message_bigger_than_the_output_budget_does_not_make_a_reader_slow() {
+    // The budget equals the message size limit: wrapped for delivery (room, seq, from)
+    // a message near the limit is a little bigger than the budget.
+    let mut t = T::with(HubConfig {
+        max_buffered_bytes: 1000,
+        max_message_size: 1000,
+        ..Default::default()
+    });
+    let a = t.connect(None);
+    let b = t.connect(None);
+    t.join(a, "r");
+    t.join(b, "r");
+    let data = "x".repeat(930);
+    t.send(
+        a,
+        json!({"type":"publish","room":"r","event":"e","data":data}),
+    );
+    assert!(t.closes.is_empty(), "{:?}", t.closes);
+    let got = t.take(b);
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].to_string().len() > 1000,
+        "the delivery is over the budget"
+    );
+}

@@ -103,9 +103,107 @@ struct Args {
     #[arg(long, env = "ROOMCAST_HISTORY", value_name = "N", default_value_t = 0)]
     history: usize,
 
+    /// Bytes of history kept across all rooms together (or with a unit as for
+    /// --max-message-size). Past it the oldest messages go first, whichever room holds
+    /// them, so no client can make the server hold history without bound.
+    #[arg(
+        long,
+        env = "ROOMCAST_HISTORY_MAX_BYTES",
+        value_name = "BYTES",
+        default_value = "32MiB",
+        value_parser = parse_size
+    )]
+    history_max_bytes: usize,
+
     /// Most members per room; joins past it get `room_full`. Default: no limit.
     #[arg(long, env = "ROOMCAST_MAX_ROOM_MEMBERS", value_name = "N")]
     max_room_members: Option<usize>,
+
+    /// Most rooms one connection may be in at once; joins past it get `too_many_rooms`.
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_ROOMS_PER_CONNECTION",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    max_rooms_per_connection: usize,
+
+    /// Most channels one connection may subscribe to at once; subscribes past it get
+    /// `too_many_subscriptions`.
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    max_subscriptions_per_connection: usize,
+
+    /// Requests one connection may send in a burst (the size of its token bucket).
+    /// Requests past the rate limit get `rate_limited`.
+    #[arg(
+        long,
+        env = "ROOMCAST_RATE_LIMIT_BURST",
+        value_name = "N",
+        default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    rate_limit_burst: u32,
+
+    /// Requests per second refilled into each connection's bucket: the sustained rate.
+    #[arg(
+        long,
+        env = "ROOMCAST_RATE_LIMIT_PER_SECOND",
+        value_name = "N",
+        default_value_t = 200
+    )]
+    rate_limit_per_second: u32,
+
+    /// How long a connection may stay over the rate limit (getting `rate_limited`)
+    /// before it is closed with 1008.
+    #[arg(
+        long,
+        env = "ROOMCAST_RATE_LIMIT_GRACE",
+        value_name = "DUR",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    rate_limit_grace: Duration,
+
+    /// Unsent output allowed per connection (bytes, or with a unit as for
+    /// --max-message-size). A connection that falls further behind is closed with 1008
+    /// "slow consumer"; nobody else waits for it.
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_BUFFERED",
+        value_name = "BYTES",
+        default_value = "1MiB",
+        value_parser = parse_size
+    )]
+    max_buffered: usize,
+
+    /// How long a client has to send a whole HTTP request head (the WebSocket upgrade,
+    /// or the next request on an idle keep-alive connection) before the TCP connection
+    /// is dropped.
+    #[arg(
+        long,
+        env = "ROOMCAST_HANDSHAKE_TIMEOUT",
+        value_name = "DUR",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    handshake_timeout: Duration,
+
+    /// Most TCP connections not (yet) upgraded to a WebSocket at once: handshakes in
+    /// progress and plain HTTP connections. Past it new TCP connections get HTTP 503 and
+    /// are closed at once.
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_PENDING_HANDSHAKES",
+        value_name = "N",
+        default_value_t = 1024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    max_pending_handshakes: usize,
 
     /// Clients may only join rooms that already exist (created through the embedding
     /// API); joining any other room gets `forbidden`. By default a join creates the room.
@@ -169,6 +267,15 @@ fn parse_size(s: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// A duration (`humantime`: 500ms, 10s, 1m) that is not zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("the duration must be more than 0".to_owned());
+    }
+    Ok(d)
+}
+
 impl Args {
     fn config(&self) -> Result<Config, String> {
         let mut config = Config::default();
@@ -181,8 +288,18 @@ impl Args {
         });
         hub.heartbeat = heartbeat_for(self.ping_interval, self.pong_timeout);
         hub.history.max_messages = self.history;
+        hub.history.max_total_bytes = self.history_max_bytes;
         hub.max_room_members = self.max_room_members;
         hub.clients_create_rooms = !self.no_room_creation;
+        hub.max_rooms_per_conn = self.max_rooms_per_connection;
+        hub.max_subscriptions_per_conn = self.max_subscriptions_per_connection;
+        hub.rate_limit.burst = self.rate_limit_burst;
+        hub.rate_limit.per_second = self.rate_limit_per_second;
+        hub.rate_limit.grace_ms =
+            u64::try_from(self.rate_limit_grace.as_millis()).unwrap_or(u64::MAX);
+        hub.max_buffered_bytes = self.max_buffered;
+        config.handshake_timeout = self.handshake_timeout;
+        config.max_pending_handshakes = self.max_pending_handshakes;
         config.allowed_origins = self
             .allowed_origins
             .iter()
@@ -319,6 +436,20 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_has_an_environment_variable() {
+        let cmd = Args::command();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let want = format!("ROOMCAST_{}", long.to_ascii_uppercase().replace('-', "_"));
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(env.as_deref(), Some(want.as_str()), "--{long}");
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("1024"), Ok(1024));
         assert_eq!(parse_size("64KiB"), Ok(65536));
@@ -338,6 +469,60 @@ mod tests {
         assert_eq!(a.config().unwrap().hub.max_message_size, 1024);
         let a = Args::parse_from(["roomcast"]);
         assert_eq!(a.config().unwrap().hub.max_message_size, 1 << 20);
+    }
+
+    #[test]
+    fn defaults_are_the_library_defaults() {
+        let c = Args::parse_from(["roomcast"]).config().unwrap();
+        let d = Config::default();
+        assert_eq!(c.hub, d.hub);
+        assert_eq!(c.handshake_timeout, d.handshake_timeout);
+        assert_eq!(c.max_pending_handshakes, d.max_pending_handshakes);
+    }
+
+    #[test]
+    fn limit_flags_map_onto_the_config() {
+        let a = Args::parse_from([
+            "roomcast",
+            "--max-rooms-per-connection",
+            "3",
+            "--max-subscriptions-per-connection",
+            "2",
+            "--rate-limit-burst",
+            "10",
+            "--rate-limit-per-second",
+            "1",
+            "--rate-limit-grace",
+            "1500ms",
+            "--max-buffered",
+            "64KiB",
+            "--handshake-timeout",
+            "500ms",
+            "--max-pending-handshakes",
+            "7",
+            "--history-max-bytes",
+            "2MiB",
+        ]);
+        let c = a.config().unwrap();
+        assert_eq!(c.hub.max_rooms_per_conn, 3);
+        assert_eq!(c.hub.max_subscriptions_per_conn, 2);
+        assert_eq!(c.hub.rate_limit.burst, 10);
+        assert_eq!(c.hub.rate_limit.per_second, 1);
+        assert_eq!(c.hub.rate_limit.grace_ms, 1500);
+        assert_eq!(c.hub.max_buffered_bytes, 64 * 1024);
+        assert_eq!(c.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_pending_handshakes, 7);
+        assert_eq!(c.hub.history.max_total_bytes, 2 << 20);
+        for bad in [
+            ["--rate-limit-burst", "0"],
+            ["--max-pending-handshakes", "0"],
+            ["--handshake-timeout", "0s"],
+            ["--max-buffered", "0"],
+            ["--rate-limit-grace", "soon"],
+        ] {
+            let got = Args::try_parse_from(["roomcast", bad[0], bad[1]]);
+            assert!(got.is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
