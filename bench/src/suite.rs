@@ -193,13 +193,28 @@ fn server_command(
             "tiny",
         ),
         "roomcast-json" if cell.is_echo() => return None,
+        // The real binary on its JSON protocol, with two limits out of the benchmark's
+        // way: the request rate limit (a saturating publisher or a chat client sending
+        // 1600 messages a round is far above 200/s), and the unsent-output budget,
+        // raised from 1 MiB to 16 MiB (Bun's default backpressure limit) so a chat round
+        // is not cut by slow-consumer closes the other peers do not have.
         "roomcast-json" => (
             vec![
-                bin(root, "peer-roomcast-json"),
+                bin(root, "roomcast"),
                 bind[0].clone(),
                 bind[1].clone(),
+                "--log".into(),
+                "warn".into(),
+                "--rate-limit-burst".into(),
+                "4000000".into(),
+                "--rate-limit-per-second".into(),
+                "4000000".into(),
+                "--rate-limit-grace".into(),
+                "1000000s".into(),
+                "--max-buffered".into(),
+                "16MiB".into(),
             ],
-            "peer-roomcast-json (roomcast_tokio::Server)",
+            "roomcast (JSON protocol, rate limit lifted, --max-buffered 16MiB)",
             "/ws",
             "json",
         ),
