@@ -5,8 +5,9 @@
 //! and then a receive and a queue entry per message on the socket side. The outbox is a
 //! mutex around what is pending, shaped for the job:
 //!
-//! - small messages are copied back to back into one [`FrameBatch`] (cheaper than sharing
-//!   them, and they leave in one plain write); large ones stay shared;
+//! - what arrives while something is already waiting is copied behind it into one
+//!   [`FrameBatch`] when small (it then leaves in the same plain write); the first piece
+//!   and large ones stay shared (no copy, no allocation: fan-out's common case);
 //! - the socket task is woken only when the outbox goes from empty to not empty, so a
 //!   burst of publishes costs one wake-up per receiver, not one per message;
 //! - the lock is held for an append or a swap, never across I/O, and the two sides are
@@ -85,6 +86,10 @@ struct Pending {
 }
 
 impl Pending {
+    fn is_data_empty(&self) -> bool {
+        self.sealed.is_empty() && self.open.is_empty()
+    }
+
     fn is_empty(&self) -> bool {
         self.sealed.is_empty()
             && self.open.is_empty()
@@ -112,7 +117,10 @@ impl OutboxTx {
             if p.socket_gone || p.close.is_some() {
                 return;
             }
-            if msg.wire_len() <= COPY_MAX {
+            if p.is_data_empty() {
+                // Nothing to coalesce with: share it (no copy, no allocation).
+                p.sealed.push(Piece::Frame(msg.clone()));
+            } else if msg.wire_len() <= COPY_MAX {
                 p.open.push(msg);
             } else {
                 if !p.open.is_empty() {
@@ -135,7 +143,9 @@ impl OutboxTx {
             if p.socket_gone || p.close.is_some() {
                 return;
             }
-            if frames.wire_len() <= COPY_MAX {
+            if p.is_data_empty() {
+                p.sealed.push(Piece::Frames(frames.clone()));
+            } else if frames.wire_len() <= COPY_MAX {
                 p.open.push_frames(frames);
             } else {
                 if !p.open.is_empty() {
@@ -266,8 +276,11 @@ mod tests {
         let Poll::Ready(t) = rx.poll_take(&mut cx) else {
             panic!("pending")
         };
-        assert_eq!(t.pieces.len(), 3, "batch, shared frame, batch");
-        assert!(matches!(&t.pieces[1], Piece::Frame(f) if f == &big));
+        // The first message shared (nothing to coalesce with), the second copied behind
+        // it, the large one shared, the last copied again.
+        assert_eq!(t.pieces.len(), 4, "frame, batch, shared frame, batch");
+        assert!(matches!(&t.pieces[0], Piece::Frame(f) if f == &small[0]));
+        assert!(matches!(&t.pieces[2], Piece::Frame(f) if f == &big));
         let mut want = Vec::new();
         for m in [&small[0], &small[1], &big, &small[2]] {
             want.extend_from_slice(m.frame());

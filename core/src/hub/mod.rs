@@ -2258,11 +2258,13 @@ fn deliver(
     if c.state != ConnState::Open {
         return;
     }
-    // Over budget only with a backlog: one message alone (a message near the size
-    // limit is a little bigger than it once wrapped) never makes a reader slow.
+    // Slow is a backlog already over budget when the next message comes: one message
+    // alone (a message near the size limit is a little bigger than it once wrapped)
+    // never makes a reader slow, and flush reports may lag a little. A connection holds
+    // at most the budget plus one message.
     let backlog = c.unsent;
     c.unsent += msg.wire_len();
-    if backlog > 0 && c.unsent > max_buffered && !c.doomed {
+    if backlog > max_buffered && !c.doomed {
         c.doomed = true;
         doomed.push(c.id);
     }
@@ -2287,7 +2289,7 @@ fn deliver_frames(
     }
     let backlog = c.unsent;
     c.unsent += frames.wire_len();
-    if backlog > 0 && c.unsent > max_buffered && !c.doomed {
+    if backlog > max_buffered && !c.doomed {
         c.doomed = true;
         doomed.push(c.id);
     }

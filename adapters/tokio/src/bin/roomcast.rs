@@ -14,11 +14,6 @@ use roomcast_tokio::{heartbeat_for, Config, Server};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: the server allocates and frees one small output buffer per receiver per
-/// burst; glibc's allocator turned that churn into heap trimming and page faults.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Message size in echo mode unless set: Autobahn sends messages of up to 16 MiB.
 const ECHO_MAX_MESSAGE: usize = 64 << 20;
 
