@@ -224,6 +224,9 @@ type Violation = (u16, &'static str);
 /// beyond this the buffer grows as bytes actually arrive.
 const MAX_UPFRONT_RESERVE: u64 = 64 * 1024;
 
+/// Queue slots an idle connection keeps (see [`Connection::shrink_idle`]).
+const IDLE_QUEUE_SLOTS: usize = 8;
+
 #[derive(Clone, Copy, Debug)]
 enum ReadState {
     /// Accumulating a header in `header_buf`.
@@ -513,19 +516,20 @@ impl Connection {
         self.events.push_back(WsEvent::Failed { code, reason });
     }
 
-    /// Gives back the memory of queues that are empty now. An adapter calls it when a
-    /// connection goes idle (everything written): a queue's capacity would otherwise stay
-    /// allocated for the life of a connection that once had a burst.
+    /// Gives back the memory of queues that are empty now and grew past a few entries.
+    /// An adapter calls it when a connection goes idle (everything written): a burst's
+    /// queue capacity would otherwise stay allocated for the life of the connection,
+    /// while the few slots every connection uses are kept (freeing them would cost an
+    /// allocation per burst on the fan-out path).
     pub fn shrink_idle(&mut self) {
-        if self.events.is_empty() {
-            self.events = VecDeque::new();
+        fn shrink<T>(q: &mut VecDeque<T>) {
+            if q.is_empty() && q.capacity() > IDLE_QUEUE_SLOTS {
+                *q = VecDeque::new();
+            }
         }
-        if self.pongs.is_empty() {
-            self.pongs = VecDeque::new();
-        }
-        if self.transmit.is_empty() {
-            self.transmit = VecDeque::new();
-        }
+        shrink(&mut self.events);
+        shrink(&mut self.pongs);
+        shrink(&mut self.transmit);
     }
 
     fn release_read_buffers(&mut self) {

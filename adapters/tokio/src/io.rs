@@ -108,7 +108,9 @@ impl OutQueue {
     /// Gives back the queue's memory once everything is written (see
     /// `Connection::shrink_idle`): idle connections hold no buffers.
     pub(crate) fn shrink_idle(&mut self) {
-        if self.frames.is_empty() {
+        // The few slots every connection uses are kept: freeing them would cost an
+        // allocation per burst on the fan-out path.
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
             self.frames = VecDeque::new();
         }
     }
