@@ -1665,6 +1665,11 @@ impl Hub {
             delivered,
             msg,
         );
+        // A server send to an empty room whose history the byte budget just emptied
+        // leaves nothing to keep it for.
+        if self.rooms[rk].members.is_empty() {
+            self.maybe_remove_room(rk, now);
+        }
         self.reap(now);
         Delivery {
             delivered,

@@ -1216,3 +1216,30 @@ fn one_message_bigger_than_the_output_budget_does_not_make_a_reader_slow() {
         "the delivery is over the budget"
     );
 }
+
+/// Found by the `hub_ops` fuzz target: a server send to an empty room kept for its
+/// history, with a message larger than what the history byte budget keeps, left the
+/// room with neither members nor history.
+#[test]
+fn a_room_whose_history_the_budget_emptied_does_not_linger() {
+    let mut t = T::with(HubConfig {
+        history: HistoryConfig {
+            max_messages: 5,
+            max_age_ms: 60_000,
+            max_total_bytes: 300,
+        },
+        ..Default::default()
+    });
+    let a = t.connect(None);
+    t.join(a, "r");
+    t.send(a, json!({"type":"publish","room":"r","event":"e"}));
+    t.take(a);
+    t.ask(a, json!({"type":"leave","room":"r"}));
+    assert_eq!(t.hub.stats().rooms, 1, "kept for its history");
+    let big = serde_json::value::to_raw_value(&"x".repeat(400)).unwrap();
+    t.hub.send_to_room("r", "big", Some(&big), &[]).unwrap();
+    t.drain();
+    t.hub.check_invariants();
+    assert_eq!(t.hub.stats().rooms, 0, "nothing left to keep it for");
+    assert_eq!(t.hub.stats().history_bytes, 0);
+}
