@@ -1463,11 +1463,18 @@ impl Hub {
         if self.pending_rooms.is_empty() {
             return;
         }
+        self.flush_rooms();
+        let now = self.clock.now();
+        self.reap(now);
+    }
+
+    /// Hands out every room's held messages without closing anyone yet: connections
+    /// found over budget are closed by the caller's `reap`, after it is done with the
+    /// rooms and channels it looked up (a close can remove them).
+    fn flush_rooms(&mut self) {
         while let Some(&rk) = self.pending_rooms.last() {
             self.flush_room(rk);
         }
-        let now = self.clock.now();
-        self.reap(now);
     }
 
     /// Hands one room's coalesced messages to its members: the whole burst shared, or
@@ -1686,7 +1693,7 @@ impl Hub {
         data: Option<&RawValue>,
         exclude: &[ConnId],
     ) -> Delivery {
-        self.flush();
+        self.flush_rooms();
         let ch = &self.channels[ck];
         let msg = Outgoing::build(|b| {
             protocol::write_head(b, "message", None);
@@ -2159,7 +2166,7 @@ impl Hub {
         data: Option<&RawValue>,
         exclude: &[ConnId],
     ) -> Delivery {
-        self.flush();
+        self.flush_rooms();
         let msg = Outgoing::build(|b| {
             protocol::write_head(b, "message", None);
             write_body(b, event, None, data);

@@ -1243,3 +1243,48 @@ fn a_room_whose_history_the_budget_emptied_does_not_linger() {
     assert_eq!(t.hub.stats().rooms, 0, "nothing left to keep it for");
     assert_eq!(t.hub.stats().history_bytes, 0);
 }
+
+/// Found by the `hub_ops` fuzz target: a channel send flushes held room messages first;
+/// a member found over budget there was closed at once, which removed the channel it
+/// alone subscribed to while the send was still using it.
+#[test]
+fn a_channel_send_survives_closing_its_only_subscriber_as_slow() {
+    let mut t = T::with(HubConfig {
+        coalesce_room_messages: true,
+        max_buffered_bytes: 1000,
+        ..Default::default()
+    });
+    let p = t.connect(None);
+    let s = t.connect(None);
+    t.join(p, "r");
+    t.join(s, "r");
+    let ack = t.ask(s, json!({"type":"subscribe","channel":"c"}));
+    assert_eq!(ack["type"], "ack", "{ack}");
+    t.take(p);
+    // About 150 bytes each: under the burst bound (a quarter of the budget), so a
+    // message is held until a flush.
+    let publish =
+        json!({"type":"publish","room":"r","event":"e","data":"x".repeat(60)}).to_string();
+    // `s` stops reporting what it has read: seven messages take its backlog just over
+    // the budget without closing it...
+    for _ in 0..7 {
+        t.hub.handle_text(Timestamp(0), p, &publish).unwrap();
+        t.hub.flush();
+        while let Some(o) = t.hub.poll_output() {
+            assert!(!matches!(o, Output::Close { .. }), "{o:?}");
+        }
+    }
+    assert!(t.hub.connection(s).unwrap().unsent_bytes > 1000);
+    // ...and the next one, held for a burst, finds it slow when the channel send
+    // flushes it.
+    t.hub.handle_text(Timestamp(0), p, &publish).unwrap();
+    let delivery = t.hub.send_to_channel("c", "news", None, &[]).unwrap();
+    assert_eq!(delivery.delivered, 1);
+    let mut closed = false;
+    while let Some(o) = t.hub.poll_output() {
+        closed |= matches!(o, Output::Close { conn, code: 1008, .. } if conn == s);
+    }
+    assert!(closed, "the slow member is closed");
+    assert_eq!(t.hub.stats().channels, 0, "its channel went with it");
+    t.hub.check_invariants();
+}
