@@ -32,12 +32,15 @@
 //! ## Run loop
 //!
 //! One task owns the [`Hub`] (no lock around it): socket tasks send it commands over a
-//! bounded channel, it drains every ready command before re-arming a single timer set from
-//! [`Hub::poll_timeout`], and routes each output to a per-connection queue. The hub bounds
-//! those queues in bytes itself (slow consumers are closed with 1008), fed by the flush
-//! reports socket tasks send after every write. Each socket task owns its core
-//! [`roomcast_core::connection::Connection`] and writes everything queued in one vectored
-//! write of shared frames: a room message is encoded once whatever the room size.
+//! bounded channel, it drains every ready command, calls [`Hub::flush`] so the room
+//! messages of that batch reach each member as one burst, re-arms a single timer set from
+//! [`Hub::poll_timeout`], and appends each output to the receiver's outbox, waking its
+//! socket task only when the outbox was empty. The hub bounds what is unsent in bytes
+//! itself (slow consumers are closed with 1008), fed by the flush reports socket tasks send
+//! after their writes. Each socket task owns its core
+//! [`roomcast_core::connection::Connection`] and writes everything pending in one write:
+//! a room message is encoded once whatever the room size, and a burst of them is one
+//! shared buffer for every member.
 #![warn(missing_docs)]
 
 pub mod client;
