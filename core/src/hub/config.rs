@@ -100,7 +100,10 @@ pub struct HubConfig {
     /// Hold room messages until [`super::Hub::flush`] (or the next input that needs them
     /// out) and hand each member the whole burst at once as [`super::Output::SendFrames`].
     /// For runtimes that write frames to sockets themselves and call `flush` after each
-    /// batch of inputs (the native server); per-connection order is kept either way.
+    /// batch of inputs (the native server). PROTOCOL.md's order holds either way (each
+    /// room's messages in seq order; held messages before any reply, error or close to
+    /// the same connection); what a burst does not keep is the interleaving of different
+    /// rooms' messages within one batch, which the protocol does not promise.
     pub coalesce_room_messages: bool,
 }
 

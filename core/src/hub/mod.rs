@@ -1460,12 +1460,13 @@ impl Hub {
     /// [`HubConfig::coalesce_room_messages`] is on (a no-op otherwise): until then room
     /// messages wait, so a burst reaches each member as one [`Output::SendFrames`].
     pub fn flush(&mut self) {
-        if self.pending_rooms.is_empty() {
-            return;
-        }
         self.flush_rooms();
-        let now = self.clock.now();
-        self.reap(now);
+        // Also closes what the flushes inside membership changes found over budget (the
+        // server API's join and leave do not reap themselves).
+        if !self.doomed.is_empty() {
+            let now = self.clock.now();
+            self.reap(now);
+        }
     }
 
     /// Hands out every room's held messages without closing anyone yet: connections
@@ -1618,7 +1619,10 @@ impl Hub {
         if self.config.coalesce_room_messages {
             // Held until the burst ends; a member excluded from this message is handed
             // everything before it now and skips it.
-            for &x in exclude {
+            for (i, &x) in exclude.iter().enumerate() {
+                if exclude[..i].contains(&x) {
+                    continue; // listed twice: excluded (and counted) once
+                }
                 if let Ok(xs) = self.open_slot(x) {
                     if self.rooms[rk].members.contains(&xs) {
                         self.catch_up_room(xs, rk);

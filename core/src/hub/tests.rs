@@ -1288,3 +1288,65 @@ fn a_channel_send_survives_closing_its_only_subscriber_as_slow() {
     assert_eq!(t.hub.stats().channels, 0, "its channel went with it");
     t.hub.check_invariants();
 }
+
+/// From review: a server-side join flushes the room's held burst, which can find a member
+/// over budget; `flush` must close it even when nothing else is held.
+#[test]
+fn flush_closes_members_found_slow_by_a_membership_change() {
+    let mut t = T::with(HubConfig {
+        coalesce_room_messages: true,
+        max_buffered_bytes: 1000,
+        ..Default::default()
+    });
+    let p = t.connect(None);
+    let s = t.connect(None);
+    let late = t.connect(None);
+    t.join(p, "r");
+    t.join(s, "r");
+    t.take(p);
+    let publish =
+        json!({"type":"publish","room":"r","event":"e","data":"x".repeat(60)}).to_string();
+    for _ in 0..7 {
+        t.hub.handle_text(Timestamp(0), p, &publish).unwrap();
+        t.hub.flush();
+        while t.hub.poll_output().is_some() {}
+    }
+    // One more held, then the server API joins someone: the room is flushed first and
+    // `s`, which reported nothing, is found over budget.
+    t.hub.handle_text(Timestamp(0), p, &publish).unwrap();
+    t.hub.join(late, "r", false).unwrap();
+    t.hub.flush();
+    let mut closed = false;
+    while let Some(o) = t.hub.poll_output() {
+        closed |= matches!(o, Output::Close { conn, code: 1008, .. } if conn == s);
+    }
+    assert!(
+        closed,
+        "the slow member is closed by the flush that ends the batch"
+    );
+    t.hub.check_invariants();
+}
+
+/// From review: a connection listed twice in `exclude` is excluded, and counted, once.
+#[test]
+fn an_exclusion_listed_twice_counts_once() {
+    for coalesce in [false, true] {
+        let mut t = T::with(HubConfig {
+            coalesce_room_messages: coalesce,
+            ..Default::default()
+        });
+        let a = t.connect(None);
+        let b = t.connect(None);
+        let c = t.connect(None);
+        for x in [a, b, c] {
+            t.join(x, "r");
+        }
+        let d = t.hub.send_to_room("r", "e", None, &[a, a]).unwrap();
+        assert_eq!(d.delivered, 2, "coalesce: {coalesce}");
+        t.hub.flush();
+        t.drain();
+        assert!(t.take(a).is_empty());
+        assert_eq!(t.take(b).len(), 1);
+        assert_eq!(t.take(c).len(), 1);
+    }
+}
