@@ -86,6 +86,28 @@ struct Pending {
 }
 
 impl Pending {
+    /// Appends hub bytes: shared when nothing waits before them (no copy, no
+    /// allocation: fan-out's common case) or when large; copied behind what waits when
+    /// small, so it all leaves in one plain write.
+    fn push_data(
+        &mut self,
+        len: usize,
+        shared: impl FnOnce() -> Piece,
+        copy: impl FnOnce(&mut FrameBatch),
+    ) {
+        if self.is_data_empty() {
+            self.sealed.push(shared());
+        } else if len <= COPY_MAX {
+            copy(&mut self.open);
+        } else {
+            if !self.open.is_empty() {
+                let batch = mem::take(&mut self.open);
+                self.sealed.push(Piece::Batch(batch));
+            }
+            self.sealed.push(shared());
+        }
+    }
+
     fn is_data_empty(&self) -> bool {
         self.sealed.is_empty() && self.open.is_empty()
     }
@@ -112,53 +134,24 @@ pub(crate) struct OutboxTx(Arc<Mutex<Pending>>);
 impl OutboxTx {
     /// Queues one hub message.
     pub(crate) fn frame(&self, msg: &Outgoing) {
-        let waker = {
-            let mut p = lock(&self.0);
-            if p.socket_gone || p.close.is_some() {
-                return;
-            }
-            if p.is_data_empty() {
-                // Nothing to coalesce with: share it (no copy, no allocation).
-                p.sealed.push(Piece::Frame(msg.clone()));
-            } else if msg.wire_len() <= COPY_MAX {
-                p.open.push(msg);
-            } else {
-                if !p.open.is_empty() {
-                    let batch = mem::take(&mut p.open);
-                    p.sealed.push(Piece::Batch(batch));
-                }
-                p.sealed.push(Piece::Frame(msg.clone()));
-            }
-            p.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.update(|p| {
+            p.push_data(
+                msg.wire_len(),
+                || Piece::Frame(msg.clone()),
+                |b| b.push(msg),
+            )
+        });
     }
 
     /// Queues a coalesced room burst.
     pub(crate) fn frames(&self, frames: &Frames) {
-        let waker = {
-            let mut p = lock(&self.0);
-            if p.socket_gone || p.close.is_some() {
-                return;
-            }
-            if p.is_data_empty() {
-                p.sealed.push(Piece::Frames(frames.clone()));
-            } else if frames.wire_len() <= COPY_MAX {
-                p.open.push_frames(frames);
-            } else {
-                if !p.open.is_empty() {
-                    let batch = mem::take(&mut p.open);
-                    p.sealed.push(Piece::Batch(batch));
-                }
-                p.sealed.push(Piece::Frames(frames.clone()));
-            }
-            p.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.update(|p| {
+            p.push_data(
+                frames.wire_len(),
+                || Piece::Frames(frames.clone()),
+                |b| b.push_frames(frames),
+            )
+        });
     }
 
     /// Asks for a protocol ping.

@@ -2271,25 +2271,12 @@ fn deliver(
     stats: &mut Stats,
     max_buffered: usize,
 ) {
-    if c.state != ConnState::Open {
-        return;
+    if charge(c, msg.wire_len(), 1, doomed, stats, max_buffered) {
+        outputs.push_back(Output::Send {
+            conn: c.id,
+            msg: msg.clone(),
+        });
     }
-    // Slow is a backlog already over budget when the next message comes: one message
-    // alone (a message near the size limit is a little bigger than it once wrapped)
-    // never makes a reader slow, and flush reports may lag a little. A connection holds
-    // at most the budget plus one message.
-    let backlog = c.unsent;
-    c.unsent += msg.wire_len();
-    if backlog > max_buffered && !c.doomed {
-        c.doomed = true;
-        doomed.push(c.id);
-    }
-    stats.messages_out += 1;
-    stats.bytes_out += msg.wire_len() as u64;
-    outputs.push_back(Output::Send {
-        conn: c.id,
-        msg: msg.clone(),
-    });
 }
 
 fn deliver_frames(
@@ -2300,21 +2287,43 @@ fn deliver_frames(
     stats: &mut Stats,
     max_buffered: usize,
 ) {
+    let (len, count) = (frames.wire_len(), frames.count());
+    if charge(c, len, count, doomed, stats, max_buffered) {
+        outputs.push_back(Output::SendFrames {
+            conn: c.id,
+            frames: frames.clone(),
+        });
+    }
+}
+
+/// Charges `len` bytes of `count` messages to a connection's output budget and the
+/// stats; `false` (nothing to send) when the connection is no longer open.
+///
+/// Slow is a backlog already over budget when the next message comes: one message alone
+/// (a message near the size limit is a little bigger than it once wrapped) never makes a
+/// reader slow, and flush reports may lag a little. A connection holds at most the
+/// budget plus one message or burst. Over budget, it is marked and closed after the
+/// current fan-out (see `Hub::reap`).
+fn charge(
+    c: &mut Conn,
+    len: usize,
+    count: usize,
+    doomed: &mut Vec<ConnId>,
+    stats: &mut Stats,
+    max_buffered: usize,
+) -> bool {
     if c.state != ConnState::Open {
-        return;
+        return false;
     }
     let backlog = c.unsent;
-    c.unsent += frames.wire_len();
+    c.unsent += len;
     if backlog > max_buffered && !c.doomed {
         c.doomed = true;
         doomed.push(c.id);
     }
-    stats.messages_out += frames.count() as u64;
-    stats.bytes_out += frames.wire_len() as u64;
-    outputs.push_back(Output::SendFrames {
-        conn: c.id,
-        frames: frames.clone(),
-    });
+    stats.messages_out += count as u64;
+    stats.bytes_out += len as u64;
+    true
 }
 
 /// Hands one connection some coalesced messages: one output either way.

@@ -1267,13 +1267,7 @@ fn a_channel_send_survives_closing_its_only_subscriber_as_slow() {
         json!({"type":"publish","room":"r","event":"e","data":"x".repeat(60)}).to_string();
     // `s` stops reporting what it has read: seven messages take its backlog just over
     // the budget without closing it...
-    for _ in 0..7 {
-        t.hub.handle_text(Timestamp(0), p, &publish).unwrap();
-        t.hub.flush();
-        while let Some(o) = t.hub.poll_output() {
-            assert!(!matches!(o, Output::Close { .. }), "{o:?}");
-        }
-    }
+    publish_unread(&mut t, p, &publish, 7);
     assert!(t.hub.connection(s).unwrap().unsent_bytes > 1000);
     // ...and the next one, held for a burst, finds it slow when the channel send
     // flushes it.
@@ -1306,11 +1300,7 @@ fn flush_closes_members_found_slow_by_a_membership_change() {
     t.take(p);
     let publish =
         json!({"type":"publish","room":"r","event":"e","data":"x".repeat(60)}).to_string();
-    for _ in 0..7 {
-        t.hub.handle_text(Timestamp(0), p, &publish).unwrap();
-        t.hub.flush();
-        while t.hub.poll_output().is_some() {}
-    }
+    publish_unread(&mut t, p, &publish, 7);
     // One more held, then the server API joins someone: the room is flushed first and
     // `s`, which reported nothing, is found over budget.
     t.hub.handle_text(Timestamp(0), p, &publish).unwrap();
@@ -1348,5 +1338,17 @@ fn an_exclusion_listed_twice_counts_once() {
         assert!(t.take(a).is_empty());
         assert_eq!(t.take(b).len(), 1);
         assert_eq!(t.take(c).len(), 1);
+    }
+}
+
+/// Publishes `n` times, flushing each as a batch end, and drops every output unread (so
+/// no one reports flushed bytes): the members' backlogs grow. Nobody may be closed yet.
+fn publish_unread(t: &mut T, p: ConnId, publish: &str, n: usize) {
+    for _ in 0..n {
+        t.hub.handle_text(Timestamp(0), p, publish).unwrap();
+        t.hub.flush();
+        while let Some(o) = t.hub.poll_output() {
+            assert!(!matches!(o, Output::Close { .. }), "{o:?}");
+        }
     }
 }
