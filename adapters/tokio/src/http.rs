@@ -146,7 +146,7 @@ impl Roomcast {
         };
         if shared.config.echo {
             let mode = Mode::Echo {
-                shutdown: shared.shutdown.subscribe(),
+                shutdown: shared.shutdown.wait(),
             };
             let guard = shared.sockets.enter();
             tokio::spawn(socket::serve(on_upgrade, mode, params, guard));

@@ -20,13 +20,14 @@ use roomcast_core::handshake::ServerPolicy;
 use roomcast_core::hub::{
     ConnId, ConnectError, ConnectRequest, DisconnectReason, Event, Hub, Output, Stats,
 };
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tracing::{debug, error, info, trace};
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{outbox, OutboxRx, OutboxTx};
+use crate::shutdown::ShutdownFlag;
 use crate::statics::StaticFiles;
 
 /// Commands queued for the hub before a sender waits (backpressure past this).
@@ -163,8 +164,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sockets: Arc<SocketTracker>,
     pub(crate) events: broadcast::Sender<Event>,
-    /// Flips to `true` on shutdown; echo-mode sockets (which have no hub) watch it.
-    pub(crate) shutdown: watch::Sender<bool>,
+    /// Set on shutdown; echo-mode sockets (which have no hub) wait on it.
+    pub(crate) shutdown: Arc<ShutdownFlag>,
     pub(crate) statics: Option<StaticFiles>,
 }
 
@@ -220,7 +221,6 @@ impl Roomcast {
         let hub = Hub::new(hub_config, seed, clock.now());
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
-        let (shutdown, _) = watch::channel(false);
         let statics = config.www.as_deref().map(StaticFiles::new);
         let shared = Arc::new(Shared {
             commands,
@@ -230,7 +230,7 @@ impl Roomcast {
             metrics: Arc::new(Metrics::default()),
             sockets: Arc::new(SocketTracker::default()),
             events: events.clone(),
-            shutdown,
+            shutdown: Arc::default(),
             statics,
         });
         tokio::spawn(run_hub(hub, rx, clock, events));
@@ -310,7 +310,7 @@ impl Roomcast {
     /// `Config::shutdown_timeout` for the sockets to finish. Returns `true` if every
     /// socket finished in time. Stop accepting TCP connections before calling it.
     pub async fn shutdown(&self) -> bool {
-        self.shared.shutdown.send_replace(true);
+        self.shared.shutdown.trigger();
         let (done, wait) = oneshot::channel();
         if self
             .shared

@@ -94,7 +94,9 @@ impl OutQueue {
             return Poll::Ready(Ok(0));
         }
         let writer = Pin::new(writer);
-        let written = if writer.is_write_vectored() {
+        // One buffer goes out with a plain `send`: `writev` of a single iovec costs the
+        // same TCP work plus the VFS layer's vector bookkeeping.
+        let written = if n > 1 && writer.is_write_vectored() {
             ready!(writer.poll_write_vectored(cx, &slices[..n]))?
         } else {
             ready!(writer.poll_write(cx, &slices[0]))?

@@ -53,6 +53,7 @@ mod metrics;
 mod outbox;
 pub mod reconnecting;
 mod server;
+mod shutdown;
 mod socket;
 mod statics;
 

@@ -9,6 +9,7 @@
 //! little more, and then the TCP connection is dropped regardless.
 
 use std::future::poll_fn;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use roomcast_core::connection::{Connection, ConnectionConfig, SendError, State, 
 use roomcast_core::hub::{ConnId, DisconnectReason, HubConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, error, trace};
 
@@ -27,6 +28,7 @@ use crate::hub_task::{Command, SocketGuard};
 use crate::io::{poll_read_into, OutQueue};
 use crate::metrics::Metrics;
 use crate::outbox::{OutboxRx, Piece, Taken};
+use crate::shutdown::ShutdownWait;
 use std::sync::Arc;
 
 /// After our close frame is written, how long we wait for the peer's close frame before
@@ -71,8 +73,9 @@ pub(crate) enum Mode {
         commands: mpsc::Sender<Command>,
         rx: OutboxRx,
     },
-    /// Conformance echo: messages go straight back; `shutdown` flips on server shutdown.
-    Echo { shutdown: watch::Receiver<bool> },
+    /// Conformance echo: messages go straight back; `shutdown` completes on server
+    /// shutdown.
+    Echo { shutdown: ShutdownWait },
 }
 
 /// Waits for hyper to hand over the upgraded socket, then serves it.
@@ -220,11 +223,15 @@ impl Socket {
                 }
             }
         }
+        // Liveness is the hub's business: echo connections never read the clock here.
+        if self.hub.is_none() || !(messages || read_bytes) {
+            self.out.pull(&mut self.conn, false);
+            return;
+        }
         let now = Instant::now();
         if messages {
             self.last_activity = now;
-        } else if read_bytes && now.duration_since(self.last_activity) >= self.params.activity_every
-        {
+        } else if now.duration_since(self.last_activity) >= self.params.activity_every {
             self.last_activity = now;
             if let Some((conn, _)) = &self.hub {
                 let conn = *conn;
@@ -279,6 +286,18 @@ impl Socket {
         more
     }
 
+    /// Accounts for `n` bytes the socket took.
+    async fn wrote(&mut self, n: usize) {
+        self.params.metrics.written(n);
+        let hub_bytes = self.out.advance(n);
+        if self.out.is_empty() {
+            // All written: an idle connection keeps no queue memory.
+            self.out.shrink_idle();
+            self.conn.shrink_idle();
+        }
+        self.report_flushed(hub_bytes).await;
+    }
+
     /// Counts written hub bytes and reports them once enough accumulated.
     async fn report_flushed(&mut self, bytes: usize) {
         self.unreported += bytes;
@@ -326,7 +345,7 @@ where
 {
     let (hub, mut rx, mut shutdown) = match mode {
         Mode::Hub { conn, commands, rx } => (Some((conn, commands)), Some(rx), None),
-        Mode::Echo { shutdown } => (None, None, Some(shutdown)),
+        Mode::Echo { shutdown } => (None, None, Some(Box::new(shutdown))),
     };
     let metrics = params.metrics.clone();
     let mut s = Socket {
@@ -353,11 +372,27 @@ where
     let ending = loop {
         s.handle_events(read_bytes).await;
         read_bytes = false;
+        // What the last step queued (an echo, a pong, the hub's frames) is written now,
+        // in this turn, instead of on another pass through every branch below: one
+        // select pass fewer per message. Only a socket that is full waits for the
+        // writable branch.
+        if !s.out.is_empty() {
+            let out = &s.out;
+            match poll_fn(|cx| Poll::Ready(out.poll_write(&mut writer, cx))).await {
+                Poll::Ready(Ok(n)) => s.wrote(n).await,
+                Poll::Ready(Err(e)) => {
+                    trace!("write failed: {e}");
+                    break Ending::Vanished;
+                }
+                Poll::Pending => {}
+            }
+        }
         if s.conn.is_closed() {
             break Ending::Finished;
         }
-        let now = Instant::now();
+        // The clock is read only while closing: an open connection has no deadline here.
         if s.conn.state() == State::Closing && s.out.is_empty() && s.reply_deadline.is_none() {
+            let now = Instant::now();
             let bound = s.close_deadline.unwrap_or(now + s.params.close_timeout);
             s.reply_deadline = Some((now + CLOSE_REPLY_WAIT).min(bound));
         }
@@ -365,7 +400,7 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if wake.is_some_and(|w| w <= now) {
+        if wake.is_some_and(|w| w <= Instant::now()) {
             break Ending::TimedOut;
         }
         let conn = &mut s.conn;
@@ -383,16 +418,7 @@ where
                 }
             },
             r = poll_fn(|cx| out.poll_write(&mut writer, cx)), if !out.is_empty() => match r {
-                Ok(n) => {
-                    metrics.written(n);
-                    let hub_bytes = s.out.advance(n);
-                    if s.out.is_empty() {
-                        // All written: an idle connection keeps no queue memory.
-                        s.out.shrink_idle();
-                        s.conn.shrink_idle();
-                    }
-                    s.report_flushed(hub_bytes).await;
-                }
+                Ok(n) => s.wrote(n).await,
                 Err(e) => {
                     trace!("write failed: {e}");
                     break Ending::Vanished;
@@ -478,14 +504,11 @@ async fn take_opt(rx: &mut Option<OutboxRx>) -> Taken {
     }
 }
 
-async fn shutdown_changed(shutdown: &mut Option<watch::Receiver<bool>>) {
+/// Echo mode's wait for the server's shutdown: made once per connection (polling it
+/// is one atomic load), boxed so hub connections carry only a null pointer for it.
+async fn shutdown_changed(shutdown: &mut Option<Box<ShutdownWait>>) {
     match shutdown {
-        Some(w) => {
-            // `wait_for` returns at once if shutdown already started; an error means the
-            // sender is gone, which is a shutdown too.
-            // Boxed: echo mode only; hub connections carry nothing for it.
-            let _ = Box::pin(w.wait_for(|down| *down)).await;
-        }
+        Some(wait) => (&mut **wait).await,
         None => std::future::pending().await,
     }
 }

@@ -387,11 +387,66 @@ async fn echo_mode_echoes_on_any_path() {
     assert_eq!(got[2], Message::text(big));
     ws.close(None).await.unwrap();
 
-    let mut term = ServerProc::start(&["--echo"]);
-    let mut ws = connect(&term.ws_url("/")).await;
-    term.terminate();
-    assert_eq!(expect_close(&mut ws).await, 1001);
-    assert_eq!(term.wait_exit(Duration::from_secs(8)).code(), Some(0));
+    // Shutdown reaches echo sockets on both runtimes the binary picks from.
+    for args in [&["--echo"][..], &["--echo", "--threads", "1"]] {
+        let mut term = ServerProc::start(args);
+        let mut ws = connect(&term.ws_url("/")).await;
+        let mut idle = connect(&term.ws_url("/")).await;
+        ws.send(Message::text("before")).await.unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut ws))
+                .await
+                .expect("echo in time")
+            {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(m)) => break assert_eq!(m, Message::text("before")),
+                other => panic!("{other:?}"),
+            }
+        }
+        term.terminate();
+        assert_eq!(expect_close(&mut ws).await, 1001, "{args:?}");
+        assert_eq!(expect_close(&mut idle).await, 1001, "{args:?}");
+        assert_eq!(term.wait_exit(Duration::from_secs(8)).code(), Some(0));
+    }
+}
+
+#[tokio::test]
+async fn one_thread_runs_the_hub_and_sockets_on_the_current_thread_runtime() {
+    let mut server = ServerProc::start(&["--threads", "1"]);
+    let (mut a, _) = connect_welcomed(&server.ws_url("/ws?user=a")).await;
+    let (mut b, _) = connect_welcomed(&server.ws_url("/ws?user=b")).await;
+    for (ws, id) in [(&mut a, 1), (&mut b, 2)] {
+        send_json(ws, json!({"type": "join", "room": "r", "id": id})).await;
+        assert_eq!(next_json(ws).await["type"], "ack");
+    }
+    for i in 0..100 {
+        send_json(
+            &mut a,
+            json!({"type": "publish", "room": "r", "event": "n", "data": i}),
+        )
+        .await;
+    }
+    for i in 0..100 {
+        let m = next_json(&mut b).await;
+        assert_eq!(
+            (m["type"].as_str(), m["data"].as_i64()),
+            (Some("message"), Some(i))
+        );
+    }
+    server.terminate();
+    assert_eq!(expect_close(&mut b).await, 1001);
+    assert_eq!(server.wait_exit(Duration::from_secs(8)).code(), Some(0));
+}
+
+#[test]
+fn zero_threads_is_a_usage_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["--threads", "0", "--bind", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run roomcast");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
 }
 
 #[tokio::test]

@@ -218,6 +218,13 @@ struct Args {
     )]
     echo: bool,
 
+    /// Worker threads for connections. Default: one per core this process may run on
+    /// (its CPU affinity, so `taskset -c 0` means one). With 1 everything runs on the
+    /// main thread with tokio's current-thread scheduler, which skips the work-stealing
+    /// bookkeeping a single worker would only pay for.
+    #[arg(long, env = "ROOMCAST_THREADS", value_name = "N")]
+    threads: Option<usize>,
+
     /// Log filter: a level (error, warn, info, debug, trace) or a tracing directive
     /// such as `info,roomcast_tokio=debug`.
     #[arg(
@@ -332,10 +339,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = match args.threads {
+        Some(0) => {
+            eprintln!("roomcast: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let built = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("roomcast: cannot start the runtime: {e}");
