@@ -163,32 +163,21 @@ fn server_command(
     let path = if cell.is_echo() { "/echo" } else { "/room" };
     let peers = root.join("bench/peers");
     let (argv, label, path, proto): (Vec<String>, &str, &str, &'static str) = match peer {
-        // Diagnostic: ROOMCAST_BENCH_ECHO=tiny serves the echo workloads with
-        // peer-roomcast-tiny (core codec, current-thread runtime) instead of the binary.
-        "roomcast"
-            if cell.is_echo() && std::env::var("ROOMCAST_BENCH_ECHO").as_deref() != Ok("tiny") =>
-        {
-            (
-                vec![
-                    bin(root, "roomcast"),
-                    bind[0].clone(),
-                    bind[1].clone(),
-                    "--echo".into(),
-                    "--log".into(),
-                    "warn".into(),
-                ],
-                "roomcast --echo",
-                path,
-                "tiny",
-            )
-        }
+        // The real binary on the tiny protocol (`--bench-protocol`: /echo is its echo
+        // socket, /room a hub room fed raw texts), with the same output budget as on
+        // JSON below (the tiny protocol has no request rate limit to lift).
         "roomcast" => (
             vec![
-                bin(root, "peer-roomcast-tiny"),
+                bin(root, "roomcast"),
                 bind[0].clone(),
                 bind[1].clone(),
+                "--bench-protocol".into(),
+                "--log".into(),
+                "warn".into(),
+                "--max-buffered".into(),
+                "16MiB".into(),
             ],
-            "peer-roomcast-tiny (roomcast-core)",
+            "roomcast --bench-protocol (--max-buffered 16MiB)",
             path,
             "tiny",
         ),

@@ -687,7 +687,12 @@ async fn chat_reader(mut rd: OwnedReadHalf, mut reader: Reader, ctx: Rc<ChatCtx>
             if f.opcode != OP_TEXT {
                 continue;
             }
-            if ctx.json && !reader.payload(f).starts_with(br#"{"type":"message""#) {
+            let p = reader.payload(f);
+            // JSON: only room messages count. Tiny: every text but roomcast's greeting
+            // (its `--bench-protocol` room socket is a hub connection, welcomed as any).
+            if ctx.json && !p.starts_with(br#"{"type":"message""#)
+                || !ctx.json && p.starts_with(br#"{"type":"welcome""#)
+            {
                 continue;
             }
             n += 1;

@@ -37,7 +37,8 @@ impl Outgoing {
         }
     }
 
-    /// Wraps JSON text the caller already has (tests, replays from storage).
+    /// Frames text the caller already has: JSON from storage (replays), or a raw room
+    /// message ([`crate::hub::Hub::send_raw_to_room`]).
     pub fn from_text(text: &str) -> Outgoing {
         Outgoing::build(|b| b.extend_from_slice(text.as_bytes()))
     }

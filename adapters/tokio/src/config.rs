@@ -8,6 +8,9 @@ use roomcast_core::connection::ConnectionConfig;
 use roomcast_core::handshake::ServerPolicy;
 use roomcast_core::hub::{HeartbeatConfig, HubConfig};
 
+/// The room of the benchmark protocol ([`Config::bench_protocol`]).
+pub const BENCH_ROOM: &str = "bench";
+
 /// The subprotocol roomcast offers; clients that ask for nothing are accepted too.
 pub const SUBPROTOCOL: &str = "roomcast.v1";
 
@@ -32,6 +35,12 @@ pub struct Config {
     /// Conformance mode: every WebSocket, on any path, echoes what it receives through
     /// the core `Connection` without a hub. For the Autobahn test suite only.
     pub echo: bool,
+    /// Also serve the benchmark suite's tiny protocol (bench/), so the suite measures this
+    /// server and not a stand-in: `GET /echo` is an echo socket, and on `GET /room` the
+    /// text `sub` joins the one room [`BENCH_ROOM`] and any other text goes to its
+    /// members verbatim ([`roomcast_core::hub::Hub::send_raw_to_room`]), through the same
+    /// hub, coalescing, outboxes and budgets as the JSON protocol. Off by default.
+    pub bench_protocol: bool,
     /// How long a closing connection may take to deliver its queued output and close
     /// frame before its TCP connection is dropped (the slow-consumer bound of the
     /// protocol: 5 s).
@@ -58,6 +67,7 @@ impl Default for Config {
             ws_path: "/ws".to_owned(),
             www: None,
             echo: false,
+            bench_protocol: false,
             close_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),

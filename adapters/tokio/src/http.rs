@@ -22,6 +22,17 @@ use tracing::{debug, warn};
 use crate::hub_task::{ConnectRefused, Roomcast};
 use crate::socket::{self, Mode, SocketParams};
 
+/// What an upgraded socket is served as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A hub connection on the JSON protocol.
+    Hub,
+    /// An echo socket (conformance mode, or the benchmark protocol's `/echo`).
+    Echo,
+    /// The benchmark protocol's room socket (`Config::bench_protocol`).
+    BenchRoom,
+}
+
 /// The boxed future all services here return.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
@@ -129,7 +140,16 @@ impl Roomcast {
     /// checked), for any HTTP framework built on hyper: call it from your handler and
     /// return its response. The 101 is returned only after the hub admitted the
     /// connection; the socket is then served on a task of its own.
-    pub async fn upgrade<B>(&self, mut req: Request<B>) -> Response<Full<Bytes>> {
+    pub async fn upgrade<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        let kind = if self.shared.config.echo {
+            Kind::Echo
+        } else {
+            Kind::Hub
+        };
+        self.upgrade_as(req, kind).await
+    }
+
+    async fn upgrade_as<B>(&self, mut req: Request<B>, kind: Kind) -> Response<Full<Bytes>> {
         let shared = &self.shared;
         let core_req = core_request(&req);
         let accept = match handshake::accept(&core_req, &shared.policy) {
@@ -144,7 +164,7 @@ impl Roomcast {
             activity_every: socket::activity_every(&shared.config.hub),
             flush_report_min: socket::flush_report_min(&shared.config.hub),
         };
-        if shared.config.echo {
+        if kind == Kind::Echo {
             let mode = Mode::Echo {
                 shutdown: shared.shutdown.wait(),
             };
@@ -187,6 +207,7 @@ impl Roomcast {
             conn: registered.conn,
             commands: shared.commands.clone(),
             rx: registered.rx,
+            bench: kind == Kind::BenchRoom,
         };
         let guard = shared.sockets.enter();
         tokio::spawn(socket::serve(on_upgrade, mode, params, guard));
@@ -219,6 +240,13 @@ impl Roomcast {
         let path = req.uri().path();
         if (shared.config.echo && wants_websocket(&req)) || path == shared.config.ws_path {
             return self.upgrade(req).await;
+        }
+        if shared.config.bench_protocol && wants_websocket(&req) {
+            match path {
+                "/echo" => return self.upgrade_as(req, Kind::Echo).await,
+                "/room" => return self.upgrade_as(req, Kind::BenchRoom).await,
+                _ => {}
+            }
         }
         if wants_websocket(&req) {
             return self.refuse(&Reject::new(404, RejectReason::NotFound));

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tracing::{debug, error, info, trace};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, BENCH_ROOM};
 use crate::metrics::Metrics;
 use crate::outbox::{outbox, OutboxRx, OutboxTx};
 use crate::shutdown::ShutdownFlag;
@@ -44,6 +44,11 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Registered, ConnectRefused>>,
     },
     Text {
+        conn: ConnId,
+        text: TextMessage,
+    },
+    /// A message on the benchmark protocol's room socket (`Config::bench_protocol`).
+    BenchText {
         conn: ConnId,
         text: TextMessage,
     },
@@ -412,6 +417,16 @@ impl HubTask {
         match cmd {
             Command::Text { conn, text } => {
                 let _ = hub.handle_text(now, conn, text.as_str());
+            }
+            Command::BenchText { conn, text } => {
+                // The tiny protocol: `sub` joins the one room, anything else goes to its
+                // members as it is. Liveness is counted as for a JSON request.
+                let _ = hub.handle_activity(now, conn);
+                let _ = match text.as_str() {
+                    "sub" => hub.join(conn, BENCH_ROOM, false),
+                    // Nobody subscribed yet: the room does not exist, nothing to deliver.
+                    t => hub.send_raw_to_room(BENCH_ROOM, t, &[]).map(drop),
+                };
             }
             Command::Flushed { conn, bytes } => {
                 let _ = hub.handle_flushed(conn, bytes);

@@ -57,7 +57,7 @@ mod shutdown;
 mod socket;
 mod statics;
 
-pub use config::{heartbeat_for, Config};
+pub use config::{heartbeat_for, Config, BENCH_ROOM};
 pub use http::{PeerAddr, RoomcastService, WsHandler};
 pub use hub_task::{CallError, Roomcast};
 pub use server::{Server, ServerError};

@@ -72,6 +72,8 @@ pub(crate) enum Mode {
         conn: ConnId,
         commands: mpsc::Sender<Command>,
         rx: OutboxRx,
+        /// The benchmark protocol's room socket: texts go to the hub as `BenchText`.
+        bench: bool,
     },
     /// Conformance echo: messages go straight back; `shutdown` completes on server
     /// shutdown.
@@ -146,6 +148,8 @@ struct Socket {
     conn: Connection,
     out: OutQueue,
     hub: Option<(ConnId, mpsc::Sender<Command>)>,
+    /// The benchmark protocol's room socket (`Config::bench_protocol`).
+    bench: bool,
     params: SocketParams,
     /// Close code we sent first, and the one the peer sent, for metrics and the hub.
     our_code: Option<u16>,
@@ -188,7 +192,12 @@ impl Socket {
                     match &self.hub {
                         Some((conn, _)) => {
                             let conn = *conn;
-                            if let Some(wait) = self.send_hub(Command::Text { conn, text }) {
+                            let cmd = if self.bench {
+                                Command::BenchText { conn, text }
+                            } else {
+                                Command::Text { conn, text }
+                            };
+                            if let Some(wait) = self.send_hub(cmd) {
                                 wait.await;
                             }
                         }
@@ -343,15 +352,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (hub, mut rx, mut shutdown) = match mode {
-        Mode::Hub { conn, commands, rx } => (Some((conn, commands)), Some(rx), None),
-        Mode::Echo { shutdown } => (None, None, Some(Box::new(shutdown))),
+    let (hub, mut rx, mut shutdown, bench) = match mode {
+        Mode::Hub {
+            conn,
+            commands,
+            rx,
+            bench,
+        } => (Some((conn, commands)), Some(rx), None, bench),
+        Mode::Echo { shutdown } => (None, None, Some(Box::new(shutdown)), false),
     };
     let metrics = params.metrics.clone();
     let mut s = Socket {
         conn: Connection::server(params.conn_config.clone()),
         out: OutQueue::default(),
         hub,
+        bench,
         params,
         our_code: None,
         peer_code: None,

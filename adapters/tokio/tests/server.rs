@@ -551,3 +551,68 @@ async fn room_limits_from_flags() {
     send_json(&mut c, json!({"type": "join", "room": "new", "id": 3})).await;
     assert_eq!(next_json(&mut c).await["code"], "forbidden");
 }
+
+#[tokio::test]
+async fn bench_protocol_rooms_deliver_raw_texts_through_the_hub() {
+    /// The next text frame that is not the hub's greeting.
+    async fn next_text(ws: &mut Ws) -> String {
+        loop {
+            match tokio::time::timeout(WAIT, futures_util::StreamExt::next(ws))
+                .await
+                .expect("message in time")
+            {
+                Some(Ok(Message::Text(t))) if t.starts_with(r#"{"type":"welcome""#) => {}
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let server = ServerProc::start(&["--bench-protocol"]);
+    let mut a = connect(&server.ws_url("/room")).await;
+    let mut b = connect(&server.ws_url("/room")).await;
+    let mut outsider = connect(&server.ws_url("/room")).await;
+    for ws in [&mut a, &mut b] {
+        ws.send(Message::text("sub")).await.unwrap();
+    }
+    // `sub` has no answer: publish until the second subscription is seen to be in effect.
+    let mut n = 0;
+    loop {
+        a.send(Message::text(format!("probe {n}"))).await.unwrap();
+        let got = next_text(&mut b).await;
+        if got.starts_with("probe") {
+            break;
+        }
+        n += 1;
+        assert!(n < 100, "the subscription never took effect");
+    }
+    // The outsider (never subscribed) publishes too: its text reaches both subscribers,
+    // the sender itself included, verbatim and in order after the probes.
+    for i in 0..50 {
+        outsider
+            .send(Message::text(format!("#{i} {{not json")))
+            .await
+            .unwrap();
+    }
+    for ws in [&mut a, &mut b] {
+        let mut texts = Vec::new();
+        while texts.len() < 50 {
+            let t = next_text(ws).await;
+            if !t.starts_with("probe") {
+                texts.push(t);
+            }
+        }
+        let want: Vec<String> = (0..50).map(|i| format!("#{i} {{not json")).collect();
+        assert_eq!(texts, want);
+    }
+    // /echo echoes; the JSON protocol at /ws is still served beside it.
+    let mut e = connect(&server.ws_url("/echo")).await;
+    e.send(Message::text("ping me")).await.unwrap();
+    assert_eq!(next_text(&mut e).await, "ping me");
+    let (_ws, welcome) = connect_welcomed(&server.ws_url("/ws")).await;
+    assert_eq!(welcome["type"], "welcome");
+
+    // Without the flag there is no /room.
+    let plain = ServerProc::start(&[]);
+    assert_eq!(connect_status(plain.ws_url("/room")).await, 404);
+}

@@ -1615,6 +1615,32 @@ impl Hub {
                 self.evict_history(rk, now);
             }
         }
+        let delivered = self.deliver_room(rk, &msg, exclude);
+        let room = self.rooms[rk].name.clone();
+        self.announce(
+            origin,
+            Destination::Room(room),
+            event,
+            data,
+            Some(seq),
+            delivered,
+            msg,
+        );
+        // A server send to an empty room whose history the byte budget just emptied
+        // leaves nothing to keep it for.
+        if self.rooms[rk].members.is_empty() {
+            self.maybe_remove_room(rk, now);
+        }
+        self.reap(now);
+        Delivery {
+            delivered,
+            seq: Some(seq),
+        }
+    }
+
+    /// Hands one encoded message to every member of a room but `exclude` (held for the
+    /// burst when coalescing); returns how many members it is for.
+    fn deliver_room(&mut self, rk: usize, msg: &Outgoing, exclude: &[ConnId]) -> usize {
         let mut delivered = 0;
         if self.config.coalesce_room_messages {
             // Held until the burst ends; a member excluded from this message is handed
@@ -1662,30 +1688,10 @@ impl Hub {
                     continue;
                 }
                 delivered += 1;
-                deliver(c, &msg, outputs, doomed, stats, config.max_buffered_bytes);
+                deliver(c, msg, outputs, doomed, stats, config.max_buffered_bytes);
             }
         }
-        let delivered = delivered.max(0) as usize;
-        let room = self.rooms[rk].name.clone();
-        self.announce(
-            origin,
-            Destination::Room(room),
-            event,
-            data,
-            Some(seq),
-            delivered,
-            msg,
-        );
-        // A server send to an empty room whose history the byte budget just emptied
-        // leaves nothing to keep it for.
-        if self.rooms[rk].members.is_empty() {
-            self.maybe_remove_room(rk, now);
-        }
-        self.reap(now);
-        Delivery {
-            delivered,
-            seq: Some(seq),
-        }
+        delivered.max(0) as usize
     }
 
     fn publish_channel(
@@ -2088,6 +2094,33 @@ impl Hub {
         let rk = *self.room_names.get(room).ok_or(HubError::UnknownRoom)?;
         let now = self.clock.now();
         Ok(self.publish_room(None, rk, &Origin::Server, event, data, exclude, now))
+    }
+
+    /// Sends `text` to every member of a room but `exclude` exactly as given: one text
+    /// frame whose payload is `text`, with no `message` envelope, no `seq` and no
+    /// history entry.
+    ///
+    /// For rooms whose members speak a format of their own over roomcast's membership,
+    /// ordering and flow control (the benchmark protocol of `roomcast --bench-protocol`,
+    /// a game relaying its own state encoding): a JSON-protocol client in such a room
+    /// gets text it cannot parse. The message keeps its place among the room's other
+    /// messages, goes through the same coalescing and unsent-bytes budget, and is neither
+    /// announced as an event nor forwarded to a backplane.
+    pub fn send_raw_to_room(
+        &mut self,
+        room: &str,
+        text: &str,
+        exclude: &[ConnId],
+    ) -> Result<Delivery, HubError> {
+        let rk = *self.room_names.get(room).ok_or(HubError::UnknownRoom)?;
+        let msg = Outgoing::from_text(text);
+        let delivered = self.deliver_room(rk, &msg, exclude);
+        let now = self.clock.now();
+        self.reap(now);
+        Ok(Delivery {
+            delivered,
+            seq: None,
+        })
     }
 
     /// Sends an event to a channel from the server, except `exclude`.

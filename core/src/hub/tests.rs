@@ -1352,3 +1352,41 @@ fn publish_unread(t: &mut T, p: ConnId, publish: &str, n: usize) {
         }
     }
 }
+
+#[test]
+fn raw_room_sends_are_verbatim_in_order_and_skip_the_excluded() {
+    for coalesce in [false, true] {
+        let mut t = T::with(HubConfig {
+            coalesce_room_messages: coalesce,
+            ..HubConfig::default()
+        });
+        let a = t.connect(None);
+        let b = t.connect(None);
+        t.join(a, "r");
+        t.join(b, "r");
+        t.raw.clear();
+        t.hub.send_to_room("r", "first", None, &[]).unwrap();
+        let d = t.hub.send_raw_to_room("r", "[1,\"raw\"]", &[a]).unwrap();
+        assert_eq!((d.delivered, d.seq), (1, None), "coalesce {coalesce}");
+        t.hub.send_raw_to_room("r", "[2]", &[]).unwrap();
+        t.hub.flush();
+        t.drain();
+        let rb = t.raw.remove(&b).unwrap();
+        assert!(rb[0].contains("\"event\":\"first\""), "{rb:?}");
+        assert_eq!(rb[1..], ["[1,\"raw\"]", "[2]"], "coalesce {coalesce}");
+        let ra = t.raw.remove(&a).unwrap();
+        assert_eq!(ra.len(), 2, "{ra:?}");
+        assert_eq!(ra[1], "[2]");
+        // Raw sends take no seq: the next enveloped message follows the first.
+        t.inbox.clear();
+        t.hub.send_to_room("r", "second", None, &[]).unwrap();
+        t.hub.flush();
+        t.drain();
+        assert_eq!(t.take(b)[0]["seq"], 2);
+        assert_eq!(
+            t.hub.send_raw_to_room("nope", "x", &[]).unwrap_err(),
+            HubError::UnknownRoom
+        );
+        t.hub.check_invariants();
+    }
+}

@@ -218,6 +218,17 @@ struct Args {
     )]
     echo: bool,
 
+    /// Also serve the benchmark suite's tiny protocol (bench/, docs/benchmarks.md), so
+    /// the suite measures this server: GET /echo echoes, and on GET /room the text `sub`
+    /// joins the room `bench` and any other text goes to its members verbatim, through
+    /// the same hub as the JSON protocol at /ws (which stays served). Benchmarks only.
+    #[arg(
+        long,
+        env = "ROOMCAST_BENCH_PROTOCOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    bench_protocol: bool,
+
     /// Worker threads for connections. Default: one per core this process may run on
     /// (its CPU affinity, so `taskset -c 0` means one). With 1 everything runs on the
     /// main thread with tokio's current-thread scheduler, which skips the work-stealing
@@ -309,6 +320,7 @@ impl Args {
             .filter(|o| !o.is_empty())
             .collect();
         config.echo = self.echo;
+        config.bench_protocol = self.bench_protocol;
         config.www = match &self.www {
             Some(dir) if dir.is_dir() => Some(dir.clone()),
             Some(dir) => return Err(format!("--www {}: not a directory", dir.display())),
