@@ -372,7 +372,7 @@ async fn subscriber(mut c: Conn, ctx: Rc<FanCtx>, mut rng: Rng) {
                 continue; // welcome, acks
             };
             let order = if ctx.json {
-                client::json_u64(p, b"\"seq\":")
+                client::json_seq(p)
             } else {
                 Some(seq)
             };
