@@ -516,20 +516,22 @@ impl Connection {
         self.events.push_back(WsEvent::Failed { code, reason });
     }
 
-    /// Gives back the memory of queues that are empty now and grew past a few entries.
-    /// An adapter calls it when a connection goes idle (everything written): a burst's
-    /// queue capacity would otherwise stay allocated for the life of the connection,
-    /// while the few slots every connection uses are kept (freeing them would cost an
+    /// Gives back the memory of queues that are empty now. An adapter calls it when a
+    /// connection goes idle (everything written): a burst's queue capacity would
+    /// otherwise stay allocated for the life of the connection. The received-events
+    /// queue is freed whole (a connection that sent one request would otherwise keep its
+    /// slots, ~350 bytes, for good; an allocation per read batch is cheap); the outgoing
+    /// queues keep the few slots every connection uses (freeing them would cost an
     /// allocation per burst on the fan-out path).
     pub fn shrink_idle(&mut self) {
-        fn shrink<T>(q: &mut VecDeque<T>) {
-            if q.is_empty() && q.capacity() > IDLE_QUEUE_SLOTS {
+        fn shrink<T>(q: &mut VecDeque<T>, keep: usize) {
+            if q.is_empty() && q.capacity() > keep {
                 *q = VecDeque::new();
             }
         }
-        shrink(&mut self.events);
-        shrink(&mut self.pongs);
-        shrink(&mut self.transmit);
+        shrink(&mut self.events, 0);
+        shrink(&mut self.pongs, IDLE_QUEUE_SLOTS);
+        shrink(&mut self.transmit, IDLE_QUEUE_SLOTS);
     }
 
     fn release_read_buffers(&mut self) {
@@ -714,6 +716,32 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_idle_connection_keeps_no_event_slots_and_few_transmit_slots() {
+        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(3));
+        let mut server = Connection::server(ConnectionConfig::default());
+        client.send_text(r#"{"type":"join","room":"r"}"#).unwrap();
+        while let Some(b) = client.poll_transmit() {
+            server.handle_read(&b);
+        }
+        assert!(matches!(server.poll_event(), Some(WsEvent::Text(_))));
+        assert!(server.events.capacity() > 0);
+        let msg = crate::Outgoing::from_text(r#"{"type":"ack"}"#);
+        server.send_outgoing(&msg).unwrap();
+        while server.poll_transmit().is_some() {}
+        server.shrink_idle();
+        assert_eq!(
+            server.events.capacity(),
+            0,
+            "the request's event slots are freed"
+        );
+        assert!(
+            server.transmit.capacity() > 0,
+            "the fan-out path's slots stay"
+        );
+        assert!(server.transmit.capacity() <= IDLE_QUEUE_SLOTS);
+    }
+
     #[test]
     fn hub_messages_go_out_as_is_and_not_after_close() {
         let msg = crate::Outgoing::from_text(r#"{"type":"pong"}"#);

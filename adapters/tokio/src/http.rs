@@ -20,7 +20,7 @@ use roomcast_core::hub::{ConnectError, ConnectRequest};
 use tracing::{debug, warn};
 
 use crate::hub_task::{ConnectRefused, Roomcast};
-use crate::socket::{self, Mode, SocketParams};
+use crate::socket::{self, Mode};
 
 /// What an upgraded socket is served as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,13 +157,7 @@ impl Roomcast {
             Err(reject) => return self.refuse(&reject),
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let params = SocketParams {
-            conn_config: shared.conn_config.clone(),
-            metrics: shared.metrics.clone(),
-            close_timeout: shared.config.close_timeout,
-            activity_every: socket::activity_every(&shared.config.hub),
-            flush_report_min: socket::flush_report_min(&shared.config.hub),
-        };
+        let params = shared.socket_params.clone();
         if kind == Kind::Echo {
             let mode = Mode::Echo {
                 shutdown: shared.shutdown.wait(),

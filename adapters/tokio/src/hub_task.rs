@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use roomcast_core::connection::{ConnectionConfig, TextMessage};
+use roomcast_core::connection::TextMessage;
 use roomcast_core::handshake::ServerPolicy;
 use roomcast_core::hub::{
     ConnId, ConnectError, ConnectRequest, DisconnectReason, Event, Hub, Output, Stats,
@@ -28,6 +28,7 @@ use crate::config::{Config, BENCH_ROOM};
 use crate::metrics::Metrics;
 use crate::outbox::{outbox, OutboxRx, OutboxTx};
 use crate::shutdown::ShutdownFlag;
+use crate::socket::{self, SocketParams};
 use crate::statics::StaticFiles;
 
 /// Commands queued for the hub before a sender waits (backpressure past this).
@@ -165,7 +166,8 @@ pub(crate) struct Shared {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) config: Config,
     pub(crate) policy: ServerPolicy,
-    pub(crate) conn_config: ConnectionConfig,
+    /// What every socket task shares: one copy, not one per connection.
+    pub(crate) socket_params: Arc<SocketParams>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sockets: Arc<SocketTracker>,
     pub(crate) events: broadcast::Sender<Event>,
@@ -227,12 +229,20 @@ impl Roomcast {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let statics = config.www.as_deref().map(StaticFiles::new);
+        let metrics = Arc::new(Metrics::default());
+        let socket_params = Arc::new(SocketParams {
+            conn_config: config.connection_config(),
+            metrics: metrics.clone(),
+            close_timeout: config.close_timeout,
+            activity_every: socket::activity_every(&config.hub),
+            flush_report_min: socket::flush_report_min(&config.hub),
+        });
         let shared = Arc::new(Shared {
             commands,
             policy: config.policy(),
-            conn_config: config.connection_config(),
+            socket_params,
             config,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             sockets: Arc::new(SocketTracker::default()),
             events: events.clone(),
             shutdown: Arc::default(),

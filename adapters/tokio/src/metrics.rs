@@ -29,6 +29,16 @@ pub(crate) struct Metrics {
 /// one unit of [`Metrics::try_pending`]'s bound.
 pub(crate) struct PendingHandshake(Arc<Metrics>);
 
+impl PendingHandshake {
+    /// Ends the pending phase; returns how many connections are still pending.
+    pub(crate) fn finish(self) -> usize {
+        // `Drop` does the count; the value after it is read here.
+        let metrics = Arc::clone(&self.0);
+        drop(self);
+        metrics.pending_count()
+    }
+}
+
 impl Drop for PendingHandshake {
     fn drop(&mut self) {
         self.0.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
@@ -72,6 +82,11 @@ impl Metrics {
 
     pub(crate) fn http_request(&self) {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TCP connections in their HTTP phase right now.
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending_handshakes.load(Ordering::Acquire)
     }
 
     /// Counts one more TCP connection in its HTTP phase (handshake not finished, or plain

@@ -84,7 +84,7 @@ pub(crate) enum Mode {
 pub(crate) async fn serve(
     on_upgrade: OnUpgrade,
     mode: Mode,
-    params: SocketParams,
+    params: Arc<SocketParams>,
     guard: SocketGuard,
 ) {
     match on_upgrade.await {
@@ -121,7 +121,7 @@ async fn run_guarded<R, W>(
     writer: W,
     early: Bytes,
     mode: Mode,
-    params: SocketParams,
+    params: Arc<SocketParams>,
     guard: SocketGuard,
 ) where
     R: AsyncRead + Unpin,
@@ -150,7 +150,7 @@ struct Socket {
     hub: Option<(ConnId, mpsc::Sender<Command>)>,
     /// The benchmark protocol's room socket (`Config::bench_protocol`).
     bench: bool,
-    params: SocketParams,
+    params: Arc<SocketParams>,
     /// Close code we sent first, and the one the peer sent, for metrics and the hub.
     our_code: Option<u16>,
     peer_code: Option<Option<u16>>,
@@ -347,8 +347,13 @@ impl Socket {
     }
 }
 
-async fn run<R, W>(mut reader: R, mut writer: W, early: Bytes, mode: Mode, params: SocketParams)
-where
+async fn run<R, W>(
+    mut reader: R,
+    mut writer: W,
+    early: Bytes,
+    mode: Mode,
+    params: Arc<SocketParams>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -525,5 +530,38 @@ async fn shutdown_changed(shutdown: &mut Option<Box<ShutdownWait>>) {
     match shutdown {
         Some(wait) => (&mut **wait).await,
         None => std::future::pending().await,
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection holds one socket loop: its size is most of the server's
+    /// memory per connection (docs/benchmarks.md), so growth should be a decision.
+    #[test]
+    fn the_socket_loop_stays_small() {
+        let (r, w) = tokio::io::duplex(1);
+        let (tx, rx) = crate::outbox::outbox();
+        drop(tx);
+        let (commands, _keep) = mpsc::channel(1);
+        let mode = Mode::Hub {
+            conn: ConnId::from_u64(1),
+            commands,
+            rx,
+            bench: false,
+        };
+        let params = Arc::new(SocketParams {
+            conn_config: ConnectionConfig::default(),
+            metrics: Arc::new(Metrics::default()),
+            close_timeout: Duration::from_secs(1),
+            activity_every: Duration::from_secs(1),
+            flush_report_min: 1,
+        });
+        let f = run(r, w, Bytes::new(), mode, params);
+        let size = std::mem::size_of_val(&f);
+        assert!(
+            size <= 1280,
+            "the socket loop's future grew to {size} bytes"
+        );
     }
 }
