@@ -1390,3 +1390,33 @@ fn raw_room_sends_are_verbatim_in_order_and_skip_the_excluded() {
         t.hub.check_invariants();
     }
 }
+
+#[test]
+fn churned_connections_leave_no_timers_behind() {
+    let mut t = T::new();
+    let keep: Vec<_> = (0..10).map(|_| t.connect(None)).collect();
+    for _ in 0..20_000 {
+        let c = t.connect(None);
+        t.hub
+            .handle_disconnect(
+                Timestamp(t.now),
+                c,
+                DisconnectReason::Closed { code: Some(1000) },
+            )
+            .unwrap();
+        t.drain();
+    }
+    // Each churned connection scheduled a heartbeat 25 s out; none may stay queued.
+    assert!(
+        t.hub.timers.len() <= MIN_TIMER_SWEEP,
+        "{}",
+        t.hub.timers.len()
+    );
+    assert!(t.hub.timers.capacity() <= 4 * MIN_TIMER_SWEEP);
+    t.hub.check_invariants();
+    // The survivors' timers were kept: they are still pinged on time.
+    t.advance(t.hub.config().heartbeat.interval_ms);
+    for k in keep {
+        assert!(t.pings.contains(&k), "{k} not pinged");
+    }
+}
