@@ -173,6 +173,11 @@ impl FrameBatch {
         self.bytes.len()
     }
 
+    /// The frames as they go on the wire, for a write that borrows them.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// The frames, ready for a socket.
     pub fn into_bytes(self) -> Bytes {
         Bytes::from(self.bytes)

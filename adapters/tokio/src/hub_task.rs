@@ -236,6 +236,8 @@ impl Roomcast {
             close_timeout: config.close_timeout,
             activity_every: socket::activity_every(&config.hub),
             flush_report_min: socket::flush_report_min(&config.hub),
+            direct_writes: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread,
         });
         let shared = Arc::new(Shared {
             commands,
@@ -248,7 +250,7 @@ impl Roomcast {
             shutdown: Arc::default(),
             statics,
         });
-        tokio::spawn(run_hub(hub, rx, clock, events));
+        tokio::spawn(run_hub(hub, rx, clock, events, shared.metrics.clone()));
         Roomcast { shared }
     }
 
@@ -363,6 +365,10 @@ struct HubTask {
     clock: Clock,
     conns: ConnMap,
     events: broadcast::Sender<Event>,
+    /// Outboxes this task writes itself at the end of the batch (`OutboxTx::frames`).
+    direct_due: Vec<ConnId>,
+    /// Counts the bytes this task writes to sockets itself.
+    metrics: Arc<Metrics>,
     shutting_down: bool,
 }
 
@@ -371,12 +377,15 @@ async fn run_hub(
     mut commands: mpsc::Receiver<Command>,
     clock: Clock,
     events: broadcast::Sender<Event>,
+    metrics: Arc<Metrics>,
 ) {
     let mut task = HubTask {
         hub,
         clock,
         conns: ConnMap::default(),
         events,
+        direct_due: Vec::new(),
+        metrics,
         shutting_down: false,
     };
     let mut batch = Vec::with_capacity(BATCH);
@@ -405,6 +414,7 @@ async fn run_hub(
                 // member.
                 task.hub.flush();
                 task.route();
+                task.write_direct();
             }
             () = &mut sleep, if armed.is_some() => {
                 // Fired: whatever the next deadline is, the timer must be re-armed.
@@ -412,6 +422,7 @@ async fn run_hub(
                 let now = clock.now();
                 task.hub.handle_timeout(now);
                 task.route();
+                task.write_direct();
             }
         }
     }
@@ -496,18 +507,36 @@ impl HubTask {
         }
     }
 
+    /// Writes the outboxes of idle sockets that received something in this batch (one
+    /// write each, whatever the batch held), and accounts for the bytes as the socket task
+    /// does for its own writes.
+    fn write_direct(&mut self) {
+        let mut due = std::mem::take(&mut self.direct_due);
+        for conn in due.drain(..) {
+            let Some(tx) = self.conns.get(&conn) else {
+                continue;
+            };
+            let written = tx.write_direct();
+            if written > 0 {
+                self.metrics.written(written);
+                let _ = self.hub.handle_flushed(conn, written);
+            }
+        }
+        self.direct_due = due;
+    }
+
     /// Drains the hub's outputs to the socket queues.
     fn route(&mut self) {
         while let Some(out) = self.hub.poll_output() {
             match out {
                 Output::Send { conn, msg } => {
-                    if let Some(tx) = self.conns.get(&conn) {
-                        tx.frame(&msg);
+                    if self.conns.get(&conn).is_some_and(|tx| tx.frame(&msg)) {
+                        self.direct_due.push(conn);
                     }
                 }
                 Output::SendFrames { conn, frames } => {
-                    if let Some(tx) = self.conns.get(&conn) {
-                        tx.frames(&frames);
+                    if self.conns.get(&conn).is_some_and(|tx| tx.frames(&frames)) {
+                        self.direct_due.push(conn);
                     }
                 }
                 Output::Ping { conn } => {
@@ -577,7 +606,7 @@ mod tests {
             ..ConnectRequest::default()
         };
         let mut reg = rc.connect(req.clone()).await.unwrap();
-        let welcome = reg.rx.take().await;
+        let welcome = reg.rx.take(false).await;
         assert_eq!(welcome.pieces.len(), 1, "welcome");
         assert!(matches!(
             events.recv().await,
@@ -590,7 +619,7 @@ mod tests {
         // Shutdown closes the connection with 1001 and refuses newcomers; with no socket
         // task running, it returns at once.
         assert!(rc.shutdown().await);
-        let last = reg.rx.take().await;
+        let last = reg.rx.take(false).await;
         assert!(matches!(last.close, Some((1001, _))));
         assert!(last.is_final(), "nothing follows a close");
         assert_eq!(
@@ -608,10 +637,10 @@ mod tests {
         );
         let rc = Roomcast::new(config);
         let mut reg = rc.connect(ConnectRequest::default()).await.unwrap();
-        assert_eq!(reg.rx.take().await.pieces.len(), 1, "welcome");
+        assert_eq!(reg.rx.take(false).await.pieces.len(), 1, "welcome");
         // With the clock paused, tokio jumps straight to the hub's deadlines.
-        assert!(reg.rx.take().await.ping);
-        assert!(matches!(reg.rx.take().await.close, Some((1001, _))));
+        assert!(reg.rx.take(false).await.ping);
+        assert!(matches!(reg.rx.take(false).await.close, Some((1001, _))));
         assert_eq!(rc.stats().await.unwrap().heartbeat_timeouts, 1);
     }
 }

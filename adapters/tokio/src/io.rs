@@ -17,6 +17,9 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use roomcast_core::connection::Connection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::outbox::DirectSocket;
 
 /// Largest read per wake-up: big enough to take a burst of small messages in one
 /// syscall, and the most a connection may parse before other branches get a turn.
@@ -47,6 +50,64 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
         }
         Poll::Ready(Ok(filled.len()))
     })
+}
+
+/// The socket task's writer when the hub task may also write to the socket
+/// (`OutboxRx::attach`): the same non-blocking writes as the write half itself, through
+/// the handle both share. The two never write at once: the outbox hands the turn over.
+pub(crate) struct SharedWriter(pub(crate) DirectSocket);
+
+impl SharedWriter {
+    fn stream(&self) -> &TcpStream {
+        (*self.0).as_ref()
+    }
+
+    fn poll_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let stream = self.stream();
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            // A `WouldBlock` clears the readiness, so the next poll waits for the edge.
+            match write(stream) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |s| s.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |s| s.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends our FIN now (the write half would only do it when the last handle drops).
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(self.stream()).shutdown(std::net::Shutdown::Write))
+    }
 }
 
 /// Frames waiting for the socket, in order, each tagged with whether it came from the

@@ -25,7 +25,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, error, trace};
 
 use crate::hub_task::{Command, SocketGuard};
-use crate::io::{poll_read_into, OutQueue};
+use crate::io::{poll_read_into, OutQueue, SharedWriter};
 use crate::metrics::Metrics;
 use crate::outbox::{OutboxRx, Piece, Taken};
 use crate::shutdown::ShutdownWait;
@@ -48,6 +48,10 @@ pub(crate) struct SocketParams {
     pub(crate) activity_every: Duration,
     /// Written hub bytes are reported once at least this many accumulate.
     pub(crate) flush_report_min: usize,
+    /// The hub task may write to idle hub sockets itself (`OutboxRx::attach`): on a
+    /// one-thread runtime, where handing the write to the socket task only adds a wake-up
+    /// and a poll. On more threads the socket tasks' writes spread over them instead.
+    pub(crate) direct_writes: bool,
 }
 
 /// Liveness reports go to the hub often enough that a peer answering every ping is never
@@ -96,7 +100,17 @@ pub(crate) async fn serve(
             // writes.
             Ok(parts) => {
                 let (r, w) = parts.io.into_inner().into_split();
-                tokio::spawn(run_guarded(r, w, parts.read_buf, mode, params, guard));
+                match &mode {
+                    Mode::Hub { rx, .. } if params.direct_writes => {
+                        let w = Arc::new(w);
+                        rx.attach(w.clone());
+                        let w = SharedWriter(w);
+                        tokio::spawn(run_guarded(r, w, parts.read_buf, mode, params, guard));
+                    }
+                    _ => {
+                        tokio::spawn(run_guarded(r, w, parts.read_buf, mode, params, guard));
+                    }
+                }
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
@@ -275,6 +289,11 @@ impl Socket {
                 Piece::Batch(batch) => self.conn.send_batch(batch),
                 Piece::Frame(msg) => self.conn.send_outgoing(&msg),
                 Piece::Frames(frames) => self.conn.send_frames(&frames),
+                // Mid-frame already on the wire: straight behind it, nothing between.
+                Piece::Tail(rest) => {
+                    self.out.push(rest, true);
+                    continue;
+                }
             };
             match sent {
                 Ok(()) => self.out.pull(&mut self.conn, true),
@@ -390,6 +409,11 @@ async fn run<R, W>(
     // than hold it for the life of the connection.
     drop(early);
     let ending = loop {
+        // The socket task writes from here on: the hub task's turn ends, and the rest of
+        // a message it left half-written goes out before anything of ours.
+        if let Some(rest) = rx.as_ref().and_then(OutboxRx::reclaim) {
+            s.out.push(rest, true);
+        }
         s.handle_events(read_bytes).await;
         read_bytes = false;
         // What the last step queued (an echo, a pong, the hub's frames) is written now,
@@ -423,6 +447,7 @@ async fn run<R, W>(
         if wake.is_some_and(|w| w <= Instant::now()) {
             break Ending::TimedOut;
         }
+        let idle = s.out.is_empty() && s.conn.state() == State::Open;
         let conn = &mut s.conn;
         let out = &s.out;
         tokio::select! {
@@ -444,7 +469,7 @@ async fn run<R, W>(
                     break Ending::Vanished;
                 }
             },
-            taken = take_opt(&mut rx), if rx.is_some() => {
+            taken = take_opt(&mut rx, idle), if rx.is_some() => {
                 if !s.apply(taken) {
                     rx = None;
                 }
@@ -459,6 +484,9 @@ async fn run<R, W>(
             }
         }
     };
+    // Nothing more is taken from the hub (its close, if any, was taken): dropping our end
+    // also ends any direct writes before the closing phase writes.
+    drop(rx);
     // The closing phase runs once per connection: boxed, its state does not make every
     // idle connection's task bigger.
     Box::pin(finish(s, reader, writer, ending)).await;
@@ -517,9 +545,9 @@ pub(crate) async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-async fn take_opt(rx: &mut Option<OutboxRx>) -> Taken {
+async fn take_opt(rx: &mut Option<OutboxRx>, idle: bool) -> Taken {
     match rx {
-        Some(rx) => rx.take().await,
+        Some(rx) => rx.take(idle).await,
         None => std::future::pending().await,
     }
 }
@@ -556,6 +584,7 @@ mod tests {
             close_timeout: Duration::from_secs(1),
             activity_every: Duration::from_secs(1),
             flush_report_min: 1,
+            direct_writes: false,
         });
         let f = run(r, w, Bytes::new(), mode, params);
         let size = std::mem::size_of_val(&f);
