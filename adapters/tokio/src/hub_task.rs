@@ -7,7 +7,8 @@
 //! unbounded memory. The task drains every ready command (up to a batch) before it
 //! re-arms its single timer, and appends each `Output::Send` to the receiver's outbox
 //! (`crate::outbox`): a room message is encoded once, whatever the room size, and a burst
-//! wakes each receiver once.
+//! wakes each receiver once. On a one-thread runtime the task writes the outboxes of idle
+//! receivers itself once the batch is done, instead of waking them at all.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
