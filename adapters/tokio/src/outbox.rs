@@ -482,6 +482,27 @@ mod tests {
         (Arc::new(w), theirs)
     }
 
+    /// An outbox attached to one end of a loopback pair, and a waker that counts.
+    struct Attached {
+        tx: OutboxTx,
+        rx: OutboxRx,
+        peer: tokio::net::TcpStream,
+        wakes: Arc<CountWakes>,
+    }
+
+    async fn attached() -> Attached {
+        let (socket, peer) = tcp_pair().await;
+        let (tx, rx) = outbox();
+        rx.attach(socket);
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        Attached {
+            tx,
+            rx,
+            peer,
+            wakes,
+        }
+    }
+
     async fn read_exactly(peer: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
         use tokio::io::AsyncReadExt;
         let mut got = vec![0; n];
@@ -497,10 +518,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_socket_is_written_by_the_hub_end_once_per_batch_without_a_wake() {
-        let (socket, mut peer) = tcp_pair().await;
-        let (tx, mut rx) = outbox();
-        rx.attach(socket);
-        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let Attached {
+            tx,
+            mut rx,
+            mut peer,
+            wakes,
+        } = attached().await;
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         let a = Outgoing::from_text("{\"a\":1}");
@@ -544,10 +567,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_socket_leaves_the_rest_first_in_line_and_wakes_the_socket_task() {
-        let (socket, mut peer) = tcp_pair().await;
-        let (tx, mut rx) = outbox();
-        rx.attach(socket);
-        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let Attached {
+            tx,
+            mut rx,
+            mut peer,
+            wakes,
+        } = attached().await;
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         // The peer does not read: big messages fill both socket buffers.
