@@ -7,14 +7,20 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# Several run-local.sh instances start at once and each runs this script: one lock makes
+# them take turns, so none starts wrangler while another's npm install relinks it.
+exec 9>".setup.lock"
+flock -w 3600 9
+
 stamp=node_modules/.package-lock.sha256
-want="$(sha256sum package-lock.json | cut -d' ' -f1)"
-if [[ ! -x node_modules/.bin/wrangler || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-	# `npm install`, not `npm ci`: the lock was made on Linux without the other platforms'
-	# optional workerd binaries, which `npm ci` insists on. Versions are pinned exactly.
+if [[ ! -x node_modules/.bin/wrangler || ! -f "$stamp" ||
+	"$(cat "$stamp")" != "$(sha256sum package-lock.json | cut -d' ' -f1)" ]]; then
+	# Versions are pinned exactly; the lock lists every platform's optional workerd binary,
+	# so npm leaves it as it is. The stamp is the lock's hash after the install, in case
+	# npm rewrites it anyway (a rewrite must not make every later run install again).
 	echo "setup.sh: npm install"
 	timeout 900 npm install --no-audit --no-fund --loglevel=error
-	echo "$want" >"$stamp"
+	sha256sum package-lock.json | cut -d' ' -f1 >"$stamp"
 fi
 
 if ! command -v worker-build >/dev/null; then
