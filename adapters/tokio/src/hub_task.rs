@@ -27,7 +27,7 @@ use tracing::{debug, error, info, trace};
 use crate::clock::Clock;
 use crate::config::{Config, BENCH_ROOM};
 use crate::metrics::Metrics;
-use crate::outbox::{outbox, OutboxRx, OutboxTx};
+use crate::outbox::{outbox, Due, OutboxRx, OutboxTx};
 use crate::shutdown::ShutdownFlag;
 use crate::socket::{self, SocketParams};
 use crate::statics::StaticFiles;
@@ -367,9 +367,12 @@ struct HubTask {
     conns: ConnMap,
     events: broadcast::Sender<Event>,
     /// Outboxes this task writes itself at the end of the batch (`OutboxTx::frames`).
-    direct_due: Vec<ConnId>,
+    direct_due: Vec<(ConnId, Due)>,
     /// Counts the bytes this task writes to sockets itself.
     metrics: Arc<Metrics>,
+    /// Directly written bytes are reported to the hub in lumps of this much, as the
+    /// socket tasks report theirs (`socket::flush_report_min`).
+    flush_report_min: usize,
     shutting_down: bool,
 }
 
@@ -381,6 +384,7 @@ async fn run_hub(
     metrics: Arc<Metrics>,
 ) {
     let mut task = HubTask {
+        flush_report_min: socket::flush_report_min(hub.config()),
         hub,
         clock,
         conns: ConnMap::default(),
@@ -513,15 +517,17 @@ impl HubTask {
     /// does for its own writes.
     fn write_direct(&mut self) {
         let mut due = std::mem::take(&mut self.direct_due);
-        for conn in due.drain(..) {
-            let Some(tx) = self.conns.get(&conn) else {
-                continue;
-            };
-            let written = tx.write_direct();
-            if written > 0 {
-                self.metrics.written(written);
-                let _ = self.hub.handle_flushed(conn, written);
+        let mut bytes = 0;
+        for (conn, outbox) in due.drain(..) {
+            // A connection closed since is no longer idle: its write does nothing.
+            let written = outbox.write(self.flush_report_min);
+            bytes += written.bytes;
+            if written.report > 0 {
+                let _ = self.hub.handle_flushed(conn, written.report);
             }
+        }
+        if bytes > 0 {
+            self.metrics.written(bytes);
         }
         self.direct_due = due;
     }
@@ -531,13 +537,13 @@ impl HubTask {
         while let Some(out) = self.hub.poll_output() {
             match out {
                 Output::Send { conn, msg } => {
-                    if self.conns.get(&conn).is_some_and(|tx| tx.frame(&msg)) {
-                        self.direct_due.push(conn);
+                    if let Some(due) = self.conns.get(&conn).and_then(|tx| tx.frame(&msg)) {
+                        self.direct_due.push((conn, due));
                     }
                 }
                 Output::SendFrames { conn, frames } => {
-                    if self.conns.get(&conn).is_some_and(|tx| tx.frames(&frames)) {
-                        self.direct_due.push(conn);
+                    if let Some(due) = self.conns.get(&conn).and_then(|tx| tx.frames(&frames)) {
+                        self.direct_due.push((conn, due));
                     }
                 }
                 Output::Ping { conn } => {

@@ -14,16 +14,20 @@
 //!   hub task) and one consumer (the socket task);
 //! - on a one-thread runtime, while the socket task is idle with nothing queued, the hub
 //!   task writes hub bytes to the socket itself ([`OutboxRx::attach`]), once per batch of
-//!   commands ([`OutboxTx::write_direct`]), so a burst still leaves in one write: waking
-//!   the socket task, scheduling and polling it only to make the same `send` was most of
-//!   the server's user-space time per delivery under fan-out. That write is the one
-//!   syscall made under the lock (it never blocks: the socket is non-blocking); whatever
-//!   the socket does not take stays here, first in line, and the socket task is woken to
-//!   finish it.
+//!   commands ([`Due::write`]), so a burst still leaves in one write: waking the socket
+//!   task, scheduling and polling it only to make the same `send` was most of the
+//!   server's user-space time per delivery under fan-out. That write is the one syscall
+//!   made under the lock (it never blocks: the socket is non-blocking); whatever the
+//!   socket does not take stays here, first in line, and the socket task is woken to
+//!   finish it. It is a plain `send` on the descriptor, past tokio's readiness
+//!   bookkeeping: on a 10k-member room that bookkeeping was a cache miss per member and
+//!   3% of the server's time, and a stale "writable" only costs the socket task one
+//!   `WouldBlock`.
 
 use std::borrow::Cow;
 use std::io::IoSlice;
 use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -123,14 +127,18 @@ struct Pending {
     socket_gone: bool,
     /// The socket task waiting for something to arrive.
     waker: Option<Waker>,
-    /// The socket, when the hub task may write to it directly.
-    direct: Option<DirectSocket>,
+    /// The socket, when the hub task may write to it directly, and its descriptor (read
+    /// here, under the lock the write takes anyway, instead of through two more pointers).
+    direct: Option<(DirectSocket, RawFd)>,
     /// The socket task is idle with nothing of its own queued or being written: the hub
     /// task may write to `direct` now. Only the socket task sets it; anything that gives
     /// the socket task work clears it.
     direct_ok: bool,
     /// Data arrived while `direct_ok`: the hub task has this outbox on its list to write.
     direct_due: bool,
+    /// Bytes the hub task wrote and has not reported to the hub yet (reported in lumps, as
+    /// the socket task does; the socket task takes over the count when it reclaims).
+    direct_unreported: usize,
 }
 
 impl Pending {
@@ -144,6 +152,9 @@ impl Pending {
         copy: impl FnOnce(&mut FrameBatch),
     ) {
         if self.is_data_empty() {
+            // Most outboxes only ever hold one piece at a time (a member's burst): room
+            // for exactly one, kept across direct writes, costs no allocation per burst.
+            self.sealed.reserve_exact(1);
             self.sealed.push(shared());
         } else if len <= COPY_MAX {
             copy(&mut self.open);
@@ -179,11 +190,36 @@ fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
 #[derive(Debug)]
 pub(crate) struct OutboxTx(Arc<Mutex<Pending>>);
 
+/// An outbox the hub task is to write itself once its batch is done ([`OutboxTx::frame`]
+/// hands it out once per batch): kept on the task's list without a second lookup by id.
+#[derive(Debug)]
+pub(crate) struct Due(Arc<Mutex<Pending>>);
+
+/// What one direct write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Written {
+    /// Bytes the socket took (for metrics).
+    pub(crate) bytes: usize,
+    /// Bytes to report to the hub now (`Hub::handle_flushed`): 0 until at least
+    /// `report_min` accumulated.
+    pub(crate) report: usize,
+}
+
+/// What the socket task takes over from the hub task ([`OutboxRx::reclaim`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reclaimed {
+    /// The rest of a message the hub task left partly written: it leaves before anything
+    /// else.
+    pub(crate) tail: Option<Bytes>,
+    /// Hub bytes the hub task wrote and did not report yet: the socket task reports them.
+    pub(crate) unreported: usize,
+}
+
 impl OutboxTx {
-    /// Queues one hub message. `true`: the socket task is idle and was not woken; the
-    /// hub task writes this outbox itself with [`OutboxTx::write_direct`] once its batch is
-    /// done (it is only told once per batch).
-    pub(crate) fn frame(&self, msg: &Outgoing) -> bool {
+    /// Queues one hub message. `Some`: the socket task is idle and was not woken; the
+    /// hub task writes this outbox itself with [`Due::write`] once its batch is done (it
+    /// is handed out once per batch).
+    pub(crate) fn frame(&self, msg: &Outgoing) -> Option<Due> {
         self.data(
             msg.wire_len(),
             || Piece::Frame(msg.clone()),
@@ -191,73 +227,13 @@ impl OutboxTx {
         )
     }
 
-    /// Queues a coalesced room burst; `true` as for [`OutboxTx::frame`].
-    pub(crate) fn frames(&self, frames: &Frames) -> bool {
+    /// Queues a coalesced room burst; `Some` as for [`OutboxTx::frame`].
+    pub(crate) fn frames(&self, frames: &Frames) -> Option<Due> {
         self.data(
             frames.wire_len(),
             || Piece::Frames(frames.clone()),
             |b| b.push_frames(frames),
         )
-    }
-
-    /// Writes what is queued straight to the socket, if the socket task is still idle.
-    /// Returns the bytes the socket took: the caller reports them to the hub
-    /// (`Hub::handle_flushed`) and to metrics, as the socket task does for its writes.
-    /// What the socket did not take stays first in line, and the socket task is woken to
-    /// finish it.
-    pub(crate) fn write_direct(&self) -> usize {
-        let (written, waker) = {
-            let mut p = lock(&self.0);
-            p.direct_due = false;
-            if !p.direct_ok || p.socket_gone || p.is_data_empty() {
-                return 0;
-            }
-            let mut pieces = mem::take(&mut p.sealed);
-            if !p.open.is_empty() {
-                pieces.push(Piece::Batch(mem::take(&mut p.open)));
-            }
-            let Some(socket) = &p.direct else {
-                p.sealed = pieces;
-                return 0;
-            };
-            let stream = (**socket).as_ref();
-            let result = if let [one] = &pieces[..] {
-                stream.try_write(one.as_slice())
-            } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let n = pieces.len().min(MAX_IOV);
-                for (slot, piece) in slices.iter_mut().zip(&pieces) {
-                    *slot = IoSlice::new(piece.as_slice());
-                }
-                stream.try_write_vectored(&slices[..n])
-            };
-            // Full or failing (the socket task finds out on its own write): nothing went.
-            let mut left = result.unwrap_or(0);
-            let written = left;
-            let mut rest = Vec::new();
-            for piece in pieces {
-                let len = piece.as_slice().len();
-                if left >= len {
-                    left -= len;
-                } else if left > 0 {
-                    rest.push(Piece::Tail(piece.rest(left)));
-                    left = 0;
-                } else {
-                    rest.push(piece);
-                }
-            }
-            if rest.is_empty() {
-                // All of it: the socket task sleeps on.
-                return written;
-            }
-            p.sealed = rest;
-            p.direct_ok = false;
-            (written, p.waker.take())
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        written
     }
 
     /// Asks for a protocol ping.
@@ -275,23 +251,24 @@ impl OutboxTx {
         len: usize,
         shared: impl FnOnce() -> Piece,
         copy: impl FnOnce(&mut FrameBatch),
-    ) -> bool {
+    ) -> Option<Due> {
         let waker = {
             let mut p = lock(&self.0);
             if p.socket_gone || p.close.is_some() {
-                return false;
+                return None;
             }
             p.push_data(len, shared, copy);
             if p.direct_ok {
                 // Left for the hub task's write at the end of its batch.
-                return !mem::replace(&mut p.direct_due, true);
+                let listed = mem::replace(&mut p.direct_due, true);
+                return (!listed).then(|| Due(self.0.clone()));
             }
             p.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
         }
-        false
+        None
     }
 
     fn update(&self, f: impl FnOnce(&mut Pending)) {
@@ -310,6 +287,83 @@ impl OutboxTx {
     }
 }
 
+impl Due {
+    /// Writes what is queued straight to the socket, if the socket task is still idle.
+    /// What the socket did not take stays first in line, and the socket task is woken to
+    /// finish it. Written bytes are reported to the hub in lumps of at least
+    /// `report_min`, like the socket task's (`Written::report`).
+    pub(crate) fn write(self, report_min: usize) -> Written {
+        let (written, waker) = {
+            let mut p = lock(&self.0);
+            p.direct_due = false;
+            if !p.direct_ok || p.socket_gone || p.is_data_empty() {
+                return Written::default();
+            }
+            let Some((_, fd)) = p.direct else {
+                return Written::default();
+            };
+            if !p.open.is_empty() {
+                let batch = mem::take(&mut p.open);
+                p.sealed.push(Piece::Batch(batch));
+            }
+            // SAFETY: `p.direct` holds the write half, so the descriptor stays open while
+            // the lock is held; and nothing else writes to it meanwhile: `direct_ok` says
+            // the socket task is idle, and it takes the turn back only under this lock
+            // (`OutboxRx::reclaim`).
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let result = if let [one] = &p.sealed[..] {
+                socket.send(one.as_slice())
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let n = p.sealed.len().min(MAX_IOV);
+                for (slot, piece) in slices.iter_mut().zip(&p.sealed) {
+                    *slot = IoSlice::new(piece.as_slice());
+                }
+                socket.send_vectored(&slices[..n])
+            };
+            // Full or failing (the socket task finds out on its own write): nothing went.
+            let bytes = result.unwrap_or(0);
+            let mut left = bytes;
+            let whole = p
+                .sealed
+                .iter()
+                .take_while(|piece| {
+                    let len = piece.as_slice().len();
+                    let taken = left >= len;
+                    if taken {
+                        left -= len;
+                    }
+                    taken
+                })
+                .count();
+            // Drained in place: the list keeps its room for the next batch.
+            p.sealed.drain(..whole);
+            p.direct_unreported += bytes;
+            let report = if p.direct_unreported >= report_min {
+                mem::take(&mut p.direct_unreported)
+            } else {
+                0
+            };
+            let written = Written { bytes, report };
+            if p.sealed.is_empty() {
+                // All of it: the socket task sleeps on.
+                return written;
+            }
+            if left > 0 {
+                let first = mem::replace(&mut p.sealed[0], Piece::Tail(Bytes::new()));
+                p.sealed[0] = Piece::Tail(first.rest(left));
+            }
+            p.direct_ok = false;
+            (written, p.waker.take())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        written
+    }
+}
+
 impl Drop for OutboxTx {
     fn drop(&mut self) {
         self.update(|p| p.hub_gone = true);
@@ -324,22 +378,24 @@ impl OutboxRx {
     /// Lets the hub task write to `socket` itself whenever this end is idle
     /// ([`OutboxRx::poll_take`] with `idle`).
     pub(crate) fn attach(&self, socket: DirectSocket) {
-        lock(&self.0).direct = Some(socket);
+        let fd = (*socket).as_ref().as_raw_fd();
+        lock(&self.0).direct = Some((socket, fd));
     }
 
     /// Takes the socket back from the hub task before the socket task writes anything of
-    /// its own. Returns the rest of a message the hub task left partly written: it must
-    /// leave before anything else.
-    pub(crate) fn reclaim(&self) -> Option<Bytes> {
+    /// its own, with what the hub task leaves to it.
+    pub(crate) fn reclaim(&self) -> Reclaimed {
         let mut p = lock(&self.0);
         p.direct_ok = false;
-        match p.sealed.first() {
+        let unreported = mem::take(&mut p.direct_unreported);
+        let tail = match p.sealed.first() {
             Some(Piece::Tail(_)) => match p.sealed.remove(0) {
                 Piece::Tail(b) => Some(b),
                 _ => unreachable!("matched above"),
             },
             _ => None,
-        }
+        };
+        Reclaimed { tail, unreported }
     }
 
     /// Takes everything pending, or registers to be woken when something arrives. `idle`:
@@ -531,19 +587,24 @@ mod tests {
 
         // Not idle (the socket task has its own bytes in flight): queued and woken.
         assert!(rx.poll_take(&mut cx, false).is_pending());
-        assert!(!tx.frame(&a));
+        assert!(tx.frame(&a).is_none(), "not the hub end's turn");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert_eq!(tx.write_direct(), 0, "not the hub end's turn");
         let t = take_now(&mut rx);
         assert_eq!(concat(&t), a.frame().to_vec());
 
-        // Idle: listed once for the batch, then written in one go, nobody woken.
+        // Idle: listed once for the batch, then written in one go, nobody woken. Bytes
+        // are reported once enough accumulated.
+        let report_min = a.wire_len() + b.wire_len() + 1;
         assert!(rx.poll_take(&mut cx, true).is_pending());
-        assert!(tx.frame(&b), "due for a direct write");
-        assert!(!tx.frame(&a), "already listed for this batch");
+        let due = tx.frame(&b).expect("due for a direct write");
+        assert!(tx.frame(&a).is_none(), "already listed for this batch");
         let mut want = b.frame().to_vec();
         want.extend_from_slice(a.frame());
-        assert_eq!(tx.write_direct(), want.len());
+        let first = Written {
+            bytes: want.len(),
+            report: 0,
+        };
+        assert_eq!(due.write(report_min), first);
         assert_eq!(
             wakes.0.load(Ordering::SeqCst),
             1,
@@ -551,18 +612,32 @@ mod tests {
         );
         assert_eq!(read_exactly(&mut peer, want.len()).await, want);
         // The next batch is listed again.
-        assert!(tx.frame(&a));
-        assert_eq!(tx.write_direct(), a.wire_len());
+        let due = tx.frame(&a).expect("listed again");
+        let second = Written {
+            bytes: a.wire_len(),
+            report: want.len() + a.wire_len(),
+        };
+        assert_eq!(due.write(report_min), second);
         assert_eq!(
             read_exactly(&mut peer, a.wire_len()).await,
             a.frame().to_vec()
         );
 
-        // Reclaimed by the socket task: what is pending waits for it, not for the hub end.
-        assert!(tx.frame(&b));
-        assert_eq!(rx.reclaim(), None);
-        assert_eq!(tx.write_direct(), 0);
-        assert_eq!(concat(&take_now(&mut rx)), b.frame().to_vec());
+        // Reclaimed by the socket task: what is pending waits for it, not for the hub
+        // end, and the bytes written but not reported yet are the socket task's to report.
+        let due = tx.frame(&b).expect("listed");
+        assert_eq!(due.write(usize::MAX).report, 0);
+        let due = tx.frame(&a).expect("listed");
+        let back = rx.reclaim();
+        assert_eq!(
+            back,
+            Reclaimed {
+                tail: None,
+                unreported: b.wire_len()
+            }
+        );
+        assert_eq!(due.write(1), Written::default());
+        assert_eq!(concat(&take_now(&mut rx)), a.frame().to_vec());
     }
 
     #[tokio::test]
@@ -584,8 +659,7 @@ mod tests {
         let mut sent = 0;
         for m in &big {
             sent += 1;
-            assert!(tx.frame(m));
-            let n = tx.write_direct();
+            let n = tx.frame(m).expect("idle").write(1).bytes;
             direct += n;
             if n < m.wire_len() {
                 break;
@@ -599,8 +673,8 @@ mod tests {
         );
         // Later messages queue behind the rest, never on the wire before it.
         let small = Outgoing::from_text("{}");
-        assert!(!tx.frame(&small));
-        let rest = rx.reclaim();
+        assert!(tx.frame(&small).is_none());
+        let rest = rx.reclaim().tail;
         let t = take_now(&mut rx);
         let mut after: Vec<u8> = rest.as_deref().unwrap_or_default().to_vec();
         after.extend(concat(&t));

@@ -411,8 +411,11 @@ async fn run<R, W>(
     let ending = loop {
         // The socket task writes from here on: the hub task's turn ends, and the rest of
         // a message it left half-written goes out before anything of ours.
-        if let Some(rest) = rx.as_ref().and_then(OutboxRx::reclaim) {
-            s.out.push(rest, true);
+        if let Some(back) = rx.as_ref().map(OutboxRx::reclaim) {
+            if let Some(rest) = back.tail {
+                s.out.push(rest, true);
+            }
+            s.unreported += back.unreported;
         }
         s.handle_events(read_bytes).await;
         read_bytes = false;
