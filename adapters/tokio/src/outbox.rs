@@ -136,9 +136,32 @@ struct Pending {
     direct_ok: bool,
     /// Data arrived while `direct_ok`: the hub task has this outbox on its list to write.
     direct_due: bool,
-    /// Bytes the hub task wrote and has not reported to the hub yet (reported in lumps, as
-    /// the socket task does; the socket task takes over the count when it reclaims).
-    direct_unreported: usize,
+    /// Bytes the hub task wrote and has not reported to the hub yet (the socket task
+    /// takes over the count when it reclaims).
+    direct_unreported: Unreported,
+}
+
+/// Hub bytes written to a socket but not reported to the hub yet. Both writers (the
+/// socket task and the hub task's direct writes) report in lumps of at least
+/// `socket::flush_report_min`, so the hub's command load does not follow every write.
+#[derive(Debug, Default)]
+pub(crate) struct Unreported(usize);
+
+impl Unreported {
+    /// Counts `bytes` written; returns what to report now (0 while under `min`).
+    pub(crate) fn add(&mut self, bytes: usize, min: usize) -> usize {
+        self.0 += bytes;
+        if self.0 >= min {
+            mem::take(&mut self.0)
+        } else {
+            0
+        }
+    }
+
+    /// Takes over a count the other writer held back.
+    pub(crate) fn absorb(&mut self, other: Unreported) {
+        self.0 += other.0;
+    }
 }
 
 impl Pending {
@@ -206,13 +229,13 @@ pub(crate) struct Written {
 }
 
 /// What the socket task takes over from the hub task ([`OutboxRx::reclaim`]).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Reclaimed {
     /// The rest of a message the hub task left partly written: it leaves before anything
     /// else.
     pub(crate) tail: Option<Bytes>,
     /// Hub bytes the hub task wrote and did not report yet: the socket task reports them.
-    pub(crate) unreported: usize,
+    pub(crate) unreported: Unreported,
 }
 
 impl OutboxTx {
@@ -339,12 +362,7 @@ impl Due {
                 .count();
             // Drained in place: the list keeps its room for the next batch.
             p.sealed.drain(..whole);
-            p.direct_unreported += bytes;
-            let report = if p.direct_unreported >= report_min {
-                mem::take(&mut p.direct_unreported)
-            } else {
-                0
-            };
+            let report = p.direct_unreported.add(bytes, report_min);
             let written = Written { bytes, report };
             if p.sealed.is_empty() {
                 // All of it: the socket task sleeps on.
@@ -629,13 +647,8 @@ mod tests {
         assert_eq!(due.write(usize::MAX).report, 0);
         let due = tx.frame(&a).expect("listed");
         let back = rx.reclaim();
-        assert_eq!(
-            back,
-            Reclaimed {
-                tail: None,
-                unreported: b.wire_len()
-            }
-        );
+        assert_eq!(back.tail, None);
+        assert_eq!(back.unreported.0, b.wire_len());
         assert_eq!(due.write(1), Written::default());
         assert_eq!(concat(&take_now(&mut rx)), a.frame().to_vec());
     }

@@ -27,7 +27,7 @@ use tracing::{debug, error, trace};
 use crate::hub_task::{Command, SocketGuard};
 use crate::io::{poll_read_into, OutQueue, SharedWriter};
 use crate::metrics::Metrics;
-use crate::outbox::{OutboxRx, Piece, Taken};
+use crate::outbox::{OutboxRx, Piece, Taken, Unreported};
 use crate::shutdown::ShutdownWait;
 use std::sync::Arc;
 
@@ -175,7 +175,7 @@ struct Socket {
     reply_deadline: Option<Instant>,
     last_activity: Instant,
     /// Hub bytes written but not yet reported.
-    unreported: usize,
+    unreported: Unreported,
 }
 
 impl Socket {
@@ -328,9 +328,8 @@ impl Socket {
 
     /// Counts written hub bytes and reports them once enough accumulated.
     async fn report_flushed(&mut self, bytes: usize) {
-        self.unreported += bytes;
-        if self.unreported >= self.params.flush_report_min {
-            let bytes = std::mem::take(&mut self.unreported);
+        let bytes = self.unreported.add(bytes, self.params.flush_report_min);
+        if bytes > 0 {
             if let Some((conn, _)) = &self.hub {
                 let conn = *conn;
                 if let Some(wait) = self.send_hub(Command::Flushed { conn, bytes }) {
@@ -398,7 +397,7 @@ async fn run<R, W>(
         close_deadline: None,
         reply_deadline: None,
         last_activity: Instant::now(),
-        unreported: 0,
+        unreported: Unreported::default(),
     };
     let mut read_bytes = !early.is_empty();
     if read_bytes {
@@ -415,7 +414,7 @@ async fn run<R, W>(
             if let Some(rest) = back.tail {
                 s.out.push(rest, true);
             }
-            s.unreported += back.unreported;
+            s.unreported.absorb(back.unreported);
         }
         s.handle_events(read_bytes).await;
         read_bytes = false;
