@@ -282,7 +282,10 @@ fn start_server(root: &Path, peer: &str, cell: &Cell) -> Result<Option<Server>, 
             sink.clear();
         }
     });
-    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    // A profiler around the server (valgrind reading debug info) can take far longer to
+    // start than the server itself.
+    let ready_wait = Duration::from_secs(if wrap.is_empty() { 20 } else { 180 });
+    let line = rx.recv_timeout(ready_wait).unwrap_or_default();
     let Some(addr) = line.trim().strip_prefix("listening on http://") else {
         stop(&mut child);
         return Err(format!("{peer}: no ready line (got {line:?})"));

@@ -227,6 +227,16 @@ const MAX_UPFRONT_RESERVE: u64 = 64 * 1024;
 /// Queue slots an idle connection keeps (see [`Connection::shrink_idle`]).
 const IDLE_QUEUE_SLOTS: usize = 8;
 
+/// Idle points in a row with traffic before a connection counts as hot and keeps its
+/// receive and send buffers between messages. One message and its reply (a join, an
+/// RPC) make one such point, so a connection that did one exchange and went quiet keeps
+/// nothing; an echo or a steady sender is hot from its third message on.
+const HOT_AFTER: u8 = 2;
+
+/// Largest message or frame whose buffer a hot connection keeps for the next one:
+/// bigger ones are allocated for themselves and freed with them.
+const MAX_REUSED_BUFFER: usize = 64 * 1024;
+
 #[derive(Clone, Copy, Debug)]
 enum ReadState {
     /// Accumulating a header in `header_buf`.
@@ -239,27 +249,72 @@ enum ReadState {
     },
 }
 
+/// Events waiting for [`Connection::poll_event`]. A read almost always completes at most
+/// one message, which the adapter takes at once: that one waits in `head`, inside the
+/// connection, so receiving a message allocates no queue slot (an allocation and a free
+/// per message on the echo and request paths otherwise, since an idle connection's slots
+/// are freed). Only a read that completes several events spills into `rest`.
+#[derive(Debug, Default)]
+struct EventQueue {
+    head: Option<WsEvent>,
+    /// Events after `head`, oldest first; empty whenever `head` is.
+    rest: VecDeque<WsEvent>,
+}
+
+impl EventQueue {
+    fn push_back(&mut self, event: WsEvent) {
+        if self.head.is_none() {
+            self.head = Some(event);
+        } else {
+            self.rest.push_back(event);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<WsEvent> {
+        let next = self.head.take()?;
+        self.head = self.rest.pop_front();
+        Some(next)
+    }
+
+    /// Frees the spill slots once empty: a connection that once got a burst keeps none.
+    fn shrink(&mut self) {
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
+        }
+    }
+}
+
 /// A sans-IO WebSocket connection (after the opening handshake), for either role.
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
     config: ConnectionConfig,
-    rng: Rng,
+    /// Masking keys, drawn only in the client role: a server connection (thousands per
+    /// process) carries a pointer's worth instead of the generator's state.
+    rng: Option<Box<Rng>>,
     state: State,
     /// Set once our close frame is queued: nothing may follow it.
     close_sent: bool,
 
     header_buf: [u8; MAX_HEADER_LEN],
-    header_len: usize,
+    /// Bytes of `header_buf` filled (at most `MAX_HEADER_LEN`, so a byte holds it).
+    header_len: u8,
     read: ReadState,
     /// Kind of the data message being assembled (set by its first frame until FIN).
     message: Option<OpCode>,
     message_buf: BytesMut,
+    /// Where `send_text`/`send_binary` encode while the connection is hot (see
+    /// [`Connection::shrink_idle`]); boxed so that every other connection pays a pointer.
+    tx_buf: Option<Box<BytesMut>>,
+    /// A message was received or sent since the last `shrink_idle`.
+    traffic: bool,
+    /// Consecutive `shrink_idle` calls that each followed traffic (saturating).
+    hot: u8,
     utf8: Utf8Validator,
     /// Payload of the control frame being read (at most 125 bytes).
     control_buf: Vec<u8>,
 
-    events: VecDeque<WsEvent>,
+    events: EventQueue,
     /// Automatic pongs, sent before `transmit`: control frames may go between any of our
     /// frames, and none is queued once our close is, so none follows it.
     pongs: VecDeque<Bytes>,
@@ -274,7 +329,7 @@ impl Connection {
         Connection {
             role,
             config,
-            rng,
+            rng: (role == Role::Client).then(|| Box::new(rng)),
             state: State::Open,
             close_sent: false,
             header_buf: [0; MAX_HEADER_LEN],
@@ -282,9 +337,12 @@ impl Connection {
             read: ReadState::Header,
             message: None,
             message_buf: BytesMut::new(),
+            tx_buf: None,
+            traffic: false,
+            hot: 0,
             utf8: Utf8Validator::new(),
             control_buf: Vec::new(),
-            events: VecDeque::new(),
+            events: EventQueue::default(),
             pongs: VecDeque::new(),
             transmit: VecDeque::new(),
             queued_bytes: 0,
@@ -461,22 +519,41 @@ impl Connection {
 
     fn send_data(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         self.ensure_open()?;
-        let frame = self.encode(opcode, payload);
+        // A heartbeat is not traffic: it is what tells a quiet connection from a busy one.
+        let data = !opcode.is_control();
+        self.traffic |= data;
+        let frame = if data && self.is_hot() && payload.len() <= MAX_REUSED_BUFFER {
+            // Into the kept buffer: once the previous frame was written and dropped, the
+            // same memory takes this one (no allocation per message).
+            let mask = self.next_mask();
+            let buf = self.tx_buf.get_or_insert_with(Box::default);
+            frame::encode_frame_into(buf, true, opcode, mask, payload);
+            buf.split().freeze()
+        } else {
+            self.encode(opcode, payload)
+        };
         self.push_transmit(frame);
         Ok(())
     }
 
+    /// A fresh masking key in the client role; none for a server.
+    fn next_mask(&mut self) -> Option<[u8; 4]> {
+        let rng = self.rng.as_mut()?;
+        let mut key = [0u8; 4];
+        rng.fill(&mut key);
+        Some(key)
+    }
+
     /// Encodes one whole frame, masked with a fresh key in the client role.
     fn encode(&mut self, opcode: OpCode, payload: &[u8]) -> Bytes {
-        let mask = match self.role {
-            Role::Server => None,
-            Role::Client => {
-                let mut key = [0u8; 4];
-                self.rng.fill(&mut key);
-                Some(key)
-            }
-        };
+        let mask = self.next_mask();
         frame::encode_frame(true, opcode, mask, payload)
+    }
+
+    /// Whether the connection has had traffic at each of its last [`HOT_AFTER`] idle
+    /// points: then it keeps its message buffers between messages.
+    fn is_hot(&self) -> bool {
+        self.hot >= HOT_AFTER
     }
 
     fn push_transmit(&mut self, frame: Bytes) {
@@ -518,18 +595,36 @@ impl Connection {
 
     /// Gives back the memory of queues that are empty now. An adapter calls it when a
     /// connection goes idle (everything written): a burst's queue capacity would
-    /// otherwise stay allocated for the life of the connection. The received-events
-    /// queue is freed whole (a connection that sent one request would otherwise keep its
-    /// slots, ~350 bytes, for good; an allocation per read batch is cheap); the outgoing
+    /// otherwise stay allocated for the life of the connection. The received events'
+    /// spill slots are freed whole (one message per read needs none); the outgoing
     /// queues keep the few slots every connection uses (freeing them would cost an
     /// allocation per burst on the fan-out path).
+    ///
+    /// It is also where a busy connection is told from an idle one without a clock: a
+    /// connection that had traffic before each of its last [`HOT_AFTER`] calls keeps its
+    /// message buffers, so receiving and sending reuse the same memory (no allocation per
+    /// message); the first call after a quiet spell (a heartbeat ping written, say) frees
+    /// them.
     pub fn shrink_idle(&mut self) {
         fn shrink<T>(q: &mut VecDeque<T>, keep: usize) {
             if q.is_empty() && q.capacity() > keep {
                 *q = VecDeque::new();
             }
         }
-        shrink(&mut self.events, 0);
+        self.hot = if self.traffic {
+            self.hot.saturating_add(1)
+        } else {
+            0
+        };
+        self.traffic = false;
+        if !self.is_hot() {
+            // A message still being assembled keeps its bytes, of course.
+            if self.message_buf.is_empty() {
+                self.message_buf = BytesMut::new();
+            }
+            self.tx_buf = None;
+        }
+        self.events.shrink();
         shrink(&mut self.pongs, IDLE_QUEUE_SLOTS);
         shrink(&mut self.transmit, IDLE_QUEUE_SLOTS);
     }
@@ -537,6 +632,7 @@ impl Connection {
     fn release_read_buffers(&mut self) {
         self.message = None;
         self.message_buf = BytesMut::new();
+        self.tx_buf = None;
         self.control_buf = Vec::new();
         self.utf8.reset();
         self.read = ReadState::Header;
@@ -544,7 +640,7 @@ impl Connection {
     }
 
     fn read_header(&mut self, data: &mut &[u8]) -> Result<(), Violation> {
-        let old = self.header_len;
+        let old = usize::from(self.header_len);
         let take = (MAX_HEADER_LEN - old).min(data.len());
         self.header_buf[old..old + take].copy_from_slice(&data[..take]);
         let available = old + take;
@@ -552,7 +648,7 @@ impl Connection {
             Err(e) => Err((e.close_code(), e.reason())),
             Ok(None) => {
                 // An incomplete header is shorter than MAX_HEADER_LEN, so all was taken.
-                self.header_len = available;
+                self.header_len = available as u8;
                 *data = &data[take..];
                 Ok(())
             }
@@ -668,7 +764,15 @@ impl Connection {
                         .message
                         .take()
                         .expect("a data frame belongs to a message");
-                    let payload = core::mem::take(&mut self.message_buf).freeze();
+                    self.traffic = true;
+                    // A hot connection splits the message off its buffer, which keeps
+                    // the memory: once the application drops the message, the next
+                    // one is read into the same bytes (`reserve` reclaims them).
+                    let payload = if self.is_hot() && self.message_buf.len() <= MAX_REUSED_BUFFER {
+                        self.message_buf.split().freeze()
+                    } else {
+                        core::mem::take(&mut self.message_buf).freeze()
+                    };
                     let event = if kind == OpCode::Text {
                         if self.utf8.finish().is_err() {
                             return Err((code::INVALID_PAYLOAD, "truncated UTF-8 in text message"));
@@ -725,21 +829,143 @@ mod tests {
             server.handle_read(&b);
         }
         assert!(matches!(server.poll_event(), Some(WsEvent::Text(_))));
-        assert!(server.events.capacity() > 0);
+        assert!(server.events.head.is_none() && server.events.rest.is_empty());
         let msg = crate::Outgoing::from_text(r#"{"type":"ack"}"#);
         server.send_outgoing(&msg).unwrap();
         while server.poll_transmit().is_some() {}
         server.shrink_idle();
         assert_eq!(
-            server.events.capacity(),
+            server.events.rest.capacity(),
             0,
-            "the request's event slots are freed"
+            "a single request needs no event slot on the heap"
         );
         assert!(
             server.transmit.capacity() > 0,
             "the fan-out path's slots stay"
         );
         assert!(server.transmit.capacity() <= IDLE_QUEUE_SLOTS);
+    }
+
+    /// One echo exchange as an adapter runs it: read, take the event, answer, write,
+    /// go idle. Returns the received payload and the frame sent.
+    fn echo_once(server: &mut Connection, client: &mut Connection, text: &str) -> (Bytes, Bytes) {
+        client.send_text(text).unwrap();
+        while let Some(b) = client.poll_transmit() {
+            server.handle_read(&b);
+        }
+        let Some(WsEvent::Text(got)) = server.poll_event() else {
+            panic!("expected a text message");
+        };
+        server.send_text(got.as_str()).unwrap();
+        let sent = server.poll_transmit().expect("the echo");
+        assert!(server.poll_transmit().is_none());
+        client.handle_read(&sent);
+        assert_eq!(client.poll_event(), Some(WsEvent::Text(got.clone())));
+        client.shrink_idle();
+        server.shrink_idle();
+        (got.0, sent)
+    }
+
+    #[test]
+    fn a_hot_connection_reuses_its_buffers_and_frees_them_when_quiet() {
+        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(5));
+        let mut server = Connection::server(ConnectionConfig::default());
+        // One exchange and quiet: nothing kept (the idle-memory case).
+        let (got, sent) = echo_once(&mut server, &mut client, "join");
+        drop((got, sent));
+        assert_eq!(server.message_buf.capacity(), 0);
+        assert!(server.tx_buf.is_none());
+        // Busy: from the third message on, the same memory takes every message and frame.
+        let mut seen = Vec::new();
+        for i in 0..6 {
+            let (got, sent) = echo_once(&mut server, &mut client, &format!("message {i}"));
+            seen.push((got.as_ptr(), sent.as_ptr()));
+        }
+        assert!(server.is_hot());
+        assert_eq!(
+            seen[3], seen[4],
+            "received into and sent from the kept buffers"
+        );
+        assert_eq!(seen[4], seen[5]);
+        // A message the application still holds is never overwritten by the next one.
+        let (held, held_frame) = echo_once(&mut server, &mut client, "held");
+        let (next, next_frame) = echo_once(&mut server, &mut client, "next one");
+        assert_eq!(&held[..], b"held");
+        assert_eq!(&next[..], b"next one");
+        assert_ne!(held.as_ptr(), next.as_ptr());
+        assert_eq!(
+            &held_frame[2..],
+            b"held",
+            "a 2-byte header, then the payload"
+        );
+        assert_ne!(held_frame.as_ptr(), next_frame.as_ptr());
+        // Quiet again (a heartbeat written, nothing received): the buffers go.
+        server.send_ping(b"").unwrap();
+        while server.poll_transmit().is_some() {}
+        server.shrink_idle();
+        assert!(!server.is_hot());
+        assert_eq!(server.message_buf.capacity(), 0);
+        assert!(server.tx_buf.is_none());
+    }
+
+    #[test]
+    fn a_hot_connection_keeps_no_buffer_for_a_large_message() {
+        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(6));
+        let mut server = Connection::server(ConnectionConfig::default());
+        for _ in 0..3 {
+            echo_once(&mut server, &mut client, "warm");
+        }
+        assert!(server.is_hot());
+        let big = "x".repeat(MAX_REUSED_BUFFER + 1);
+        let (got, sent) = echo_once(&mut server, &mut client, &big);
+        assert_eq!(got.len(), big.len());
+        assert_eq!(sent.len(), big.len() + 10);
+        assert!(server.message_buf.capacity() < MAX_REUSED_BUFFER);
+        assert!(server
+            .tx_buf
+            .as_ref()
+            .is_none_or(|b| b.capacity() < MAX_REUSED_BUFFER));
+    }
+
+    #[test]
+    fn events_from_one_read_come_out_in_order() {
+        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(7));
+        let mut server = Connection::server(ConnectionConfig::default());
+        let mut wire = Vec::new();
+        for t in ["a", "b", "c"] {
+            client.send_text(t).unwrap();
+        }
+        client.send_ping(b"p").unwrap();
+        while let Some(b) = client.poll_transmit() {
+            wire.extend_from_slice(&b);
+        }
+        server.handle_read(&wire);
+        assert_eq!(
+            server.poll_event(),
+            Some(WsEvent::Text(TextMessage::from("a")))
+        );
+        // Mid-queue, a new read's events go behind the ones still waiting.
+        client.send_text("d").unwrap();
+        server.handle_read(&client.poll_transmit().unwrap());
+        assert_eq!(
+            server.poll_event(),
+            Some(WsEvent::Text(TextMessage::from("b")))
+        );
+        assert_eq!(
+            server.poll_event(),
+            Some(WsEvent::Text(TextMessage::from("c")))
+        );
+        assert_eq!(
+            server.poll_event(),
+            Some(WsEvent::Ping(Bytes::from_static(b"p")))
+        );
+        assert_eq!(
+            server.poll_event(),
+            Some(WsEvent::Text(TextMessage::from("d")))
+        );
+        assert_eq!(server.poll_event(), None);
+        server.shrink_idle();
+        assert_eq!(server.events.rest.capacity(), 0);
     }
 
     #[test]

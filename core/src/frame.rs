@@ -114,15 +114,38 @@ pub fn encode_header(
 /// One contiguous `Bytes` is what fan-out wants: the hub encodes a broadcast once and
 /// every receiver's queue holds a refcounted clone.
 pub fn encode_frame(fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8]) -> Bytes {
+    // Sized exactly: broadcast frames are kept (history, queues) as allocated.
+    let header_len = encode_header(
+        &mut [0; MAX_HEADER_LEN],
+        fin,
+        opcode,
+        mask,
+        payload.len() as u64,
+    );
+    let mut out = BytesMut::with_capacity(header_len + payload.len());
+    encode_frame_into(&mut out, fin, opcode, mask, payload);
+    out.freeze()
+}
+
+/// Appends one whole frame to `dst`, so a sender that keeps a buffer can encode frame
+/// after frame into the same memory (`BytesMut` reuses it once the frames split off
+/// earlier are dropped) instead of allocating one per frame.
+pub fn encode_frame_into(
+    dst: &mut BytesMut,
+    fin: bool,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) {
     let mut header = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut header, fin, opcode, mask, payload.len() as u64);
-    let mut out = BytesMut::with_capacity(n + payload.len());
-    out.put_slice(&header[..n]);
-    out.put_slice(payload);
+    dst.reserve(n + payload.len());
+    dst.put_slice(&header[..n]);
+    let start = dst.len();
+    dst.put_slice(payload);
     if let Some(key) = mask {
-        apply_mask(&mut out[n..], key, 0);
+        apply_mask(&mut dst[start..], key, 0);
     }
-    out.freeze()
 }
 
 /// A decoded frame header: everything needed to stream the payload that follows.

@@ -144,23 +144,25 @@ impl OutQueue {
         writer: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let mut n = 0;
-        for (i, (frame, _)) in self.frames.iter().take(MAX_IOV).enumerate() {
-            let bytes = if i == 0 { &frame[self.offset..] } else { frame };
-            slices[n] = IoSlice::new(bytes);
-            n += 1;
-        }
-        if n == 0 {
+        let Some((front, _)) = self.frames.front() else {
             return Poll::Ready(Ok(0));
-        }
+        };
+        let front = &front[self.offset..];
         let writer = Pin::new(writer);
-        // One buffer goes out with a plain `send`: `writev` of a single iovec costs the
-        // same TCP work plus the VFS layer's vector bookkeeping.
-        let written = if n > 1 && writer.is_write_vectored() {
-            ready!(writer.poll_write_vectored(cx, &slices[..n]))?
+        // One buffer (an echo, a lone reply) goes out with a plain `send`: `writev` of a
+        // single iovec costs the same TCP work plus the VFS layer's vector bookkeeping,
+        // and the iovec array is not even built.
+        let written = if self.frames.len() == 1 || !writer.is_write_vectored() {
+            ready!(writer.poll_write(cx, front))?
         } else {
-            ready!(writer.poll_write(cx, &slices[0]))?
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            slices[0] = IoSlice::new(front);
+            let mut n = 1;
+            for (frame, _) in self.frames.iter().skip(1).take(MAX_IOV - 1) {
+                slices[n] = IoSlice::new(frame);
+                n += 1;
+            }
+            ready!(writer.poll_write_vectored(cx, &slices[..n]))?
         };
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
