@@ -284,6 +284,20 @@ impl EventQueue {
     }
 }
 
+/// Lets an empty kept buffer take `want` bytes only if that needs no allocation and the
+/// memory is not far bigger than what goes in: a message or frame split off a buffer holds
+/// the whole allocation for as long as it lives, so a small message the application keeps
+/// must not pin the buffer of an earlier large one. Otherwise the buffer is let go (its
+/// memory lives on with whatever still holds it) and the next `reserve` allocates to size.
+fn reuse_or_drop(buf: &mut BytesMut, want: usize) {
+    const SLACK_FLOOR: usize = 1024;
+    // Even a buffer with no room left may hold a large allocation that `reserve` would
+    // reclaim whole, so the check runs whatever `capacity()` says.
+    if !(buf.try_reclaim(want) && buf.capacity() <= want.saturating_mul(4).max(SLACK_FLOOR)) {
+        *buf = BytesMut::new();
+    }
+}
+
 /// A sans-IO WebSocket connection (after the opening handshake), for either role.
 #[derive(Debug)]
 pub struct Connection {
@@ -527,6 +541,8 @@ impl Connection {
             // same memory takes this one (no allocation per message).
             let mask = self.next_mask();
             let buf = self.tx_buf.get_or_insert_with(Box::default);
+            let len = frame::header_len(payload.len() as u64, mask.is_some()) + payload.len();
+            reuse_or_drop(buf, len);
             frame::encode_frame_into(buf, true, opcode, mask, payload);
             buf.split().freeze()
         } else {
@@ -682,13 +698,16 @@ impl Connection {
                 if header.payload_len > limit.saturating_sub(so_far) {
                     return Err((code::TOO_BIG, "message too big"));
                 }
+                // Bounded by the check above, so this cannot truncate.
+                let want = header.payload_len.min(MAX_UPFRONT_RESERVE) as usize;
                 if header.opcode != OpCode::Continuation {
                     self.message = Some(header.opcode);
                     self.utf8.reset();
+                    // A new message starts on an empty buffer: the kept one if it fits.
+                    debug_assert!(self.message_buf.is_empty());
+                    reuse_or_drop(&mut self.message_buf, want);
                 }
-                // Bounded by the check above, so this cannot truncate.
-                self.message_buf
-                    .reserve(header.payload_len.min(MAX_UPFRONT_RESERVE) as usize);
+                self.message_buf.reserve(want);
             }
         }
         self.read = ReadState::Payload {
@@ -925,6 +944,35 @@ mod tests {
             .tx_buf
             .as_ref()
             .is_none_or(|b| b.capacity() < MAX_REUSED_BUFFER));
+    }
+
+    #[test]
+    fn a_small_message_does_not_pin_a_large_kept_buffer() {
+        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(8));
+        let mut server = Connection::server(ConnectionConfig::default());
+        for _ in 0..3 {
+            echo_once(&mut server, &mut client, "warm");
+        }
+        let big = "y".repeat(32 * 1024);
+        let (got, sent) = echo_once(&mut server, &mut client, &big);
+        drop((got, sent));
+        // Both kept buffers are 32 KiB now; a short message must not be split off them.
+        let (small, small_frame) = echo_once(&mut server, &mut client, "tiny");
+        assert_eq!(&small[..], b"tiny");
+        assert!(
+            server.message_buf.capacity() < 4096,
+            "the large buffer was let go"
+        );
+        assert!(server.tx_buf.as_ref().unwrap().capacity() < 4096);
+        drop((small, small_frame));
+        // And the short messages that follow reuse their own small buffers.
+        let (a, _) = echo_once(&mut server, &mut client, "tiny");
+        let p = a.as_ptr();
+        drop(a);
+        let (b, _) = echo_once(&mut server, &mut client, "tinz");
+        // The same small allocation (at its start again, or in its unused rest).
+        let offset = (b.as_ptr() as usize).abs_diff(p as usize);
+        assert!(offset < 16, "{offset}");
     }
 
     #[test]

@@ -108,6 +108,17 @@ pub fn encode_header(
     n
 }
 
+/// Length of the header [`encode_header`] writes, so a buffer can be sized to the byte
+/// before encoding into it.
+pub fn header_len(payload_len: u64, masked: bool) -> usize {
+    let len = match payload_len {
+        0..=125 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    };
+    len + if masked { 4 } else { 0 }
+}
+
 /// Encodes a whole frame into one buffer, masking a copy of the payload when `mask` is
 /// given (client role).
 ///
@@ -115,14 +126,8 @@ pub fn encode_header(
 /// every receiver's queue holds a refcounted clone.
 pub fn encode_frame(fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8]) -> Bytes {
     // Sized exactly: broadcast frames are kept (history, queues) as allocated.
-    let header_len = encode_header(
-        &mut [0; MAX_HEADER_LEN],
-        fin,
-        opcode,
-        mask,
-        payload.len() as u64,
-    );
-    let mut out = BytesMut::with_capacity(header_len + payload.len());
+    let header = header_len(payload.len() as u64, mask.is_some());
+    let mut out = BytesMut::with_capacity(header + payload.len());
     encode_frame_into(&mut out, fin, opcode, mask, payload);
     out.freeze()
 }
@@ -289,6 +294,17 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameEr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn header_len_matches_the_encoded_header() {
+        for len in [0u64, 1, 125, 126, 127, 0xffff, 0x1_0000, u64::MAX >> 1] {
+            for mask in [None, Some([1, 2, 3, 4])] {
+                let mut dst = [0; MAX_HEADER_LEN];
+                let n = encode_header(&mut dst, true, OpCode::Binary, mask, len);
+                assert_eq!(header_len(len, mask.is_some()), n, "{len} {mask:?}");
+            }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 
