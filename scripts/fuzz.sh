@@ -23,14 +23,22 @@ ensure_tools() {
 	fi
 }
 
+# run_target TARGET SECONDS [grow]: without `grow` the kept corpus is only read (libFuzzer
+# writes what it finds to its first corpus directory, here a scratch one), so a smoke run
+# leaves the committed corpus as it was; `long` and `run` grow it.
 run_target() {
-	local target=$1 secs=$2
+	local target=$1 secs=$2 grow=${3:-}
 	mkdir -p "corpus/$target"
 	echo "fuzz: $target for ${secs}s"
-	local log rc=0
+	local log rc=0 scratch="" dirs=("corpus/$target")
 	log="$(mktemp)"
-	timeout --kill-after=30 $((secs + 300)) cargo +nightly fuzz run "$target" "corpus/$target" -- \
+	if [[ "$grow" != grow ]]; then
+		scratch="$(mktemp -d)"
+		dirs=("$scratch" "corpus/$target")
+	fi
+	timeout --kill-after=30 $((secs + 300)) cargo +nightly fuzz run "$target" "${dirs[@]}" -- \
 		-max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 >"$log" 2>&1 || rc=$?
+	if [[ -n "$scratch" ]]; then rm -rf "$scratch"; fi
 	grep -E '^(Done|SUMMARY|thread .* panicked)' "$log" || true
 	if [[ $rc -ne 0 ]]; then
 		tail -40 "$log"
@@ -51,11 +59,11 @@ smoke)
 	;;
 long)
 	mins=${2:-10}
-	for t in "${TARGETS[@]}"; do run_target "$t" $((mins * 60)); done
+	for t in "${TARGETS[@]}"; do run_target "$t" $((mins * 60)) grow; done
 	echo "fuzz: ${#TARGETS[@]} passed, 0 failed"
 	;;
 run)
-	run_target "$2" "${3:-60}"
+	run_target "$2" "${3:-60}" grow
 	;;
 *)
 	echo "usage: $0 smoke | long [MINUTES] | run TARGET [SECONDS]" >&2

@@ -927,14 +927,20 @@ mod tests {
         assert!(server.tx_buf.is_none());
     }
 
-    #[test]
-    fn a_hot_connection_keeps_no_buffer_for_a_large_message() {
-        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(6));
+    /// A server and its client after enough echoes for the server to be hot.
+    fn hot_pair(seed: u64) -> (Connection, Connection) {
+        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(seed));
         let mut server = Connection::server(ConnectionConfig::default());
         for _ in 0..3 {
             echo_once(&mut server, &mut client, "warm");
         }
         assert!(server.is_hot());
+        (server, client)
+    }
+
+    #[test]
+    fn a_hot_connection_keeps_no_buffer_for_a_large_message() {
+        let (mut server, mut client) = hot_pair(6);
         let big = "x".repeat(MAX_REUSED_BUFFER + 1);
         let (got, sent) = echo_once(&mut server, &mut client, &big);
         assert_eq!(got.len(), big.len());
@@ -948,11 +954,7 @@ mod tests {
 
     #[test]
     fn a_small_message_does_not_pin_a_large_kept_buffer() {
-        let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(8));
-        let mut server = Connection::server(ConnectionConfig::default());
-        for _ in 0..3 {
-            echo_once(&mut server, &mut client, "warm");
-        }
+        let (mut server, mut client) = hot_pair(8);
         let big = "y".repeat(32 * 1024);
         let (got, sent) = echo_once(&mut server, &mut client, &big);
         drop((got, sent));
