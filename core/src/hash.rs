@@ -40,8 +40,6 @@ impl BuildHasher for SeededState {
 
 /// A `HashMap` with a seeded hasher.
 pub type Map<K, V> = std::collections::HashMap<K, V, SeededState>;
-/// A `HashSet` with a seeded hasher.
-pub type Set<K> = std::collections::HashSet<K, SeededState>;
 /// An insertion-ordered set with O(1) swap-removal, used for room membership.
 pub type IndexSet<K> = indexmap::IndexSet<K, SeededState>;
 /// An insertion-ordered map with O(1) swap-removal.

@@ -75,18 +75,29 @@
 pub mod client;
 pub mod close;
 pub mod connection;
-pub mod frame;
+mod frame;
 pub mod handshake;
-pub mod hash;
+mod hash;
 pub mod hub;
-pub mod mask;
+mod mask;
 pub mod outgoing;
 pub mod protocol;
-pub mod ratelimit;
+mod ratelimit;
 pub mod rng;
 pub mod time;
-pub mod utf8;
+mod utf8;
+pub mod values;
 
-pub use hub::{ConnId, Hub, HubConfig, Output};
+pub use hub::{ConnId, Hub, HubConfig, Input, Output};
 pub use outgoing::{FrameBatch, Frames, Outgoing};
 pub use time::Timestamp;
+
+/// Implementation details the fuzz targets drive directly (frame headers, masking,
+/// UTF-8 validation). Not part of the API: enabled by the `fuzzing` feature only.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::frame::{decode_header, encode_header, MAX_HEADER_LEN};
+    pub use crate::mask::apply_mask;
+    pub use crate::utf8::Utf8Validator;
+}

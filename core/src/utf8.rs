@@ -109,6 +109,7 @@ impl Utf8Validator {
     }
 
     /// Whether the stream so far ends on a character boundary.
+    #[cfg(test)]
     pub fn is_complete(&self) -> bool {
         self.carry_len == 0
     }

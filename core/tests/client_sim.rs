@@ -482,7 +482,7 @@ fn run_seed(seed: u64) -> (u64, u64, u64) {
         let room = ROOMS[w.rng.below_or_eq(3) as usize];
         if w.hub.room_position(room).is_some() {
             w.hub
-                .send_to_room(room, "tick", None, &[])
+                .send_to_room(Timestamp(w.now), room, "tick", None, &[])
                 .expect("room exists");
             w.pump_hub();
         }

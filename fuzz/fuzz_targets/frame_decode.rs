@@ -2,7 +2,7 @@
 //! same header bytes (the decoder only accepts minimal encodings).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use roomcast_core::frame::{decode_header, encode_header, MAX_HEADER_LEN};
+use roomcast_core::fuzzing::{decode_header, encode_header, MAX_HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some((h, n))) = decode_header(data) {

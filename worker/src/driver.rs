@@ -362,29 +362,30 @@ impl Driver {
             | Event::Unsubscribed { conn, .. } => {
                 self.dirty.insert(conn);
             }
-            Event::Joined { conn, room } => {
+            Event::Joined {
+                conn,
+                room,
+                epoch,
+                seq,
+            } => {
                 self.dirty.insert(conn);
                 // A room's epoch must survive even before its first message, or members
                 // would see a new epoch after a wake-up and recover wrongly.
                 if !self.stored_rooms.contains(&room) {
-                    if let Some((epoch, seq)) = self.hub.room_position(&room) {
-                        match store.save_room(&room, epoch, seq) {
-                            Ok(()) => {
-                                self.stored_rooms.insert(room);
-                            }
-                            Err(e) => errors.push(e),
+                    match store.save_room(&room, &epoch, seq) {
+                        Ok(()) => {
+                            self.stored_rooms.insert(room);
                         }
+                        Err(e) => errors.push(e),
                     }
                 }
             }
             Event::Left { conn, .. } => {
                 self.dirty.insert(conn);
             }
-            Event::RoomRemoved { room } => {
-                if self.stored_rooms.remove(&room) {
-                    if let Err(e) = store.delete_room(&room) {
-                        errors.push(e);
-                    }
+            Event::RoomRemoved { room } if self.stored_rooms.remove(&room) => {
+                if let Err(e) = store.delete_room(&room) {
+                    errors.push(e);
                 }
             }
             Event::Disconnected { conn, .. } => {
@@ -399,18 +400,16 @@ impl Driver {
                 let Published {
                     destination: Destination::Room(room),
                     seq: Some(seq),
+                    epoch: Some(epoch),
                     message,
                     ..
                 } = *published
                 else {
                     return;
                 };
-                let Some((epoch, _)) = self.hub.room_position(&room) else {
-                    return;
-                };
                 let msg = StoredMessage {
                     room: &room,
-                    epoch,
+                    epoch: &epoch,
                     seq,
                     at: self.now.as_millis(),
                     text: message.text(),
@@ -422,7 +421,8 @@ impl Driver {
                     Err(e) => errors.push(e),
                 }
             }
-            Event::Refused { .. } => {}
+            // Refusals and whatever a later core reports need nothing stored.
+            _ => {}
         }
     }
 

@@ -8,6 +8,7 @@
 
 use roomcast_core::handshake::ServerPolicy;
 use roomcast_core::hub::{HeartbeatConfig, HistoryConfig, HubConfig};
+use roomcast_core::values;
 use thiserror::Error;
 
 /// The subprotocol offered to clients that ask for one (same as the native server).
@@ -175,51 +176,14 @@ fn parse_bool(name: &'static str, v: &str) -> Result<bool, SettingsError> {
     }
 }
 
-/// `1048576`, `64KiB`/`64K`, `1MiB`/`1M`, `1KB`, `1MB`: the native server's units.
+/// A size in the grammar every runtime shares (`roomcast_core::values`).
 fn parse_size(name: &'static str, v: &str) -> Result<usize, SettingsError> {
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (digits, unit) = v.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| bad(name, v, "expected a number of bytes"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        _ => return Err(bad(name, v, "unknown unit (use KiB, MiB, KB, MB)")),
-    };
-    let bytes = n
-        .checked_mul(mult)
-        .and_then(|b| usize::try_from(b).ok())
-        .ok_or_else(|| bad(name, v, "too large"))?;
-    if bytes == 0 {
-        return Err(bad(name, v, "must be at least 1 byte"));
-    }
-    Ok(bytes)
+    values::parse_size(v).map_err(|e| bad(name, v, e.to_string()))
 }
 
-/// `25s`, `500ms`, `2m` or a bare number of milliseconds.
+/// A duration in the grammar every runtime shares (`roomcast_core::values`).
 fn parse_millis(name: &'static str, v: &str) -> Result<u64, SettingsError> {
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (digits, unit) = v.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| bad(name, v, "expected a duration such as 25s or 500ms"))?;
-    let mult = match unit.trim() {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" | "min" => 60_000,
-        _ => return Err(bad(name, v, "unknown unit (use ms, s, m)")),
-    };
-    let ms = n
-        .checked_mul(mult)
-        .ok_or_else(|| bad(name, v, "too large"))?;
-    if ms == 0 {
-        return Err(bad(name, v, "must be positive"));
-    }
-    Ok(ms)
+    values::parse_millis(v).map_err(|e| bad(name, v, e.to_string()))
 }
 
 #[cfg(test)]
@@ -317,6 +281,20 @@ mod tests {
                 .max_messages,
             100
         );
+    }
+
+    #[test]
+    fn sizes_and_durations_read_as_the_native_flags_do() {
+        // One grammar for both runtimes (the worker once refused GiB).
+        let s = with(&[
+            ("ROOMCAST_HISTORY_MAX_BYTES", "1GiB"),
+            ("ROOMCAST_MAX_MESSAGE_SIZE", "2MB"),
+            ("ROOMCAST_PING_INTERVAL", "1h"),
+        ])
+        .unwrap();
+        assert_eq!(s.hub.history.max_total_bytes, 1 << 30);
+        assert_eq!(s.hub.max_message_size, 2_000_000);
+        assert_eq!(s.hub.heartbeat.interval_ms, 3_600_000);
     }
 
     #[test]

@@ -51,7 +51,7 @@ fn unavailable(e: roomcast_tokio::CallError) -> (StatusCode, String) {
 async fn announce(State(rc): State<Roomcast>, Path(room): Path<String>, body: String) -> ApiResult {
     let data = raw_json(body)?;
     let delivery = rc
-        .call(move |hub| hub.send_to_room(&room, "announcement", Some(&data), &[]))
+        .call(move |hub, now| hub.send_to_room(now, &room, "announcement", Some(&data), &[]))
         .await
         .map_err(unavailable)?;
     match delivery {
@@ -65,7 +65,7 @@ async fn announce(State(rc): State<Roomcast>, Path(room): Path<String>, body: St
 async fn broadcast(State(rc): State<Roomcast>, body: String) -> ApiResult {
     let data = raw_json(body)?;
     let d = rc
-        .call(move |hub| hub.broadcast("broadcast", Some(&data), &[]))
+        .call(move |hub, now| hub.broadcast(now, "broadcast", Some(&data), &[]))
         .await
         .map_err(unavailable)?
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
@@ -75,7 +75,7 @@ async fn broadcast(State(rc): State<Roomcast>, body: String) -> ApiResult {
 /// The hub's counts, plus the rooms that exist.
 async fn stats(State(rc): State<Roomcast>) -> ApiResult {
     let (s, rooms) = rc
-        .call(|hub| {
+        .call(|hub, _now| {
             let rooms: Vec<String> = hub.rooms().map(str::to_owned).collect();
             (hub.stats(), rooms)
         })
@@ -98,7 +98,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     // A room that exists before anyone joins it (clients may create others by joining).
-    rc.call(|hub| hub.create_room("lobby", RoomOptions::default()))
+    rc.call(|hub, now| hub.create_room(now, "lobby", RoomOptions::default()))
         .await
         .map_err(io::Error::other)?
         .map_err(io::Error::other)?;

@@ -19,7 +19,9 @@ use roomcast_core::handshake::{self, Accept, Reject, RejectReason};
 use roomcast_core::hub::{ConnectError, ConnectRequest};
 use tracing::{debug, warn};
 
-use crate::hub_task::{ConnectRefused, Roomcast};
+use crate::commands::ConnectRefused;
+use crate::handle::Roomcast;
+use crate::responses::text_response;
 use crate::socket::{self, Mode};
 
 /// What an upgraded socket is served as.
@@ -42,17 +44,6 @@ pub type ResponseFuture =
 /// hub metadata).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
-
-/// A plain-text response.
-pub(crate) fn text_response(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
 
 /// The core's refusal as a hyper response: the status, headers and body of
 /// `Reject::response_bytes`, parsed back so nothing is worded twice.
@@ -190,9 +181,9 @@ impl Roomcast {
                     ConnectRefused::Hub(ConnectError::BadUser) => {
                         Reject::new(400, RejectReason::BadUser)
                     }
-                    ConnectRefused::Hub(ConnectError::Full)
-                    | ConnectRefused::ShuttingDown
-                    | ConnectRefused::Stopped => Reject::new(503, RejectReason::ServerFull),
+                    // Full, shutting down, stopped (and anything a later core refuses
+                    // for): try again later.
+                    _ => Reject::new(503, RejectReason::ServerFull),
                 };
                 return self.refuse(&reject);
             }

@@ -1,104 +1,36 @@
-//! The task that owns the [`Hub`], and [`Roomcast`], the handle everything else uses to
-//! reach it.
+//! The task that owns the [`Hub`].
 //!
 //! The hub is a plain `&mut self` state machine, so exactly one task owns it and others
-//! talk to it through a bounded command channel: no lock is ever held around routing, and
-//! the bound turns an overloaded hub into TCP backpressure on the clients instead of
-//! unbounded memory. The task drains every ready command (up to a batch) before it
-//! re-arms its single timer, and appends each `Output::Send` to the receiver's outbox
-//! (`crate::outbox`): a room message is encoded once, whatever the room size, and a burst
-//! wakes each receiver once. On a one-thread runtime the task writes the outboxes of idle
-//! receivers itself once the batch is done, instead of waking them at all.
+//! talk to it through a bounded command channel (`crate::commands`): no lock is ever held
+//! around routing, and the bound turns an overloaded hub into TCP backpressure on the
+//! clients instead of unbounded memory. The task drains every ready command (up to a
+//! batch) before it re-arms its single timer, and appends each `Output::Send` to the
+//! receiver's outbox (`crate::outbox`): a room message is encoded once, whatever the room
+//! size, and a burst wakes each receiver once. On a one-thread runtime the task writes the
+//! outboxes of idle receivers itself once the batch is done, instead of waking them at
+//! all.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use roomcast_core::connection::TextMessage;
-use roomcast_core::handshake::ServerPolicy;
-use roomcast_core::hub::{
-    ConnId, ConnectError, ConnectRequest, DisconnectReason, Event, Hub, Output, Stats,
-};
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
-use tracing::{debug, error, info, trace};
+use roomcast_core::hub::{ConnId, DisconnectReason, Event, Hub, Output};
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, info, trace};
 
 use crate::clock::Clock;
-use crate::config::{Config, BENCH_ROOM};
+use crate::commands::{Command, ConnectRefused, Registered};
+use crate::config::BENCH_ROOM;
 use crate::metrics::Metrics;
-use crate::outbox::{outbox, Due, OutboxRx, OutboxTx};
-use crate::shutdown::ShutdownFlag;
-use crate::socket::{self, SocketParams};
-use crate::statics::StaticFiles;
+use crate::outbox::{outbox, Due, OutboxTx};
+use crate::socket;
 
 /// Commands queued for the hub before a sender waits (backpressure past this).
-const COMMAND_QUEUE: usize = 16 * 1024;
+pub(crate) const COMMAND_QUEUE: usize = 16 * 1024;
 /// Most commands handled per wake-up before timers get a look.
 const BATCH: usize = 1024;
-/// Hub events buffered per [`Roomcast::subscribe_events`] receiver before it lags.
-const EVENT_QUEUE: usize = 1024;
-
-/// What a socket task asks of the hub.
-pub(crate) enum Command {
-    Connect {
-        req: ConnectRequest,
-        reply: oneshot::Sender<Result<Registered, ConnectRefused>>,
-    },
-    Text {
-        conn: ConnId,
-        text: TextMessage,
-    },
-    /// A message on the benchmark protocol's room socket (`Config::bench_protocol`).
-    BenchText {
-        conn: ConnId,
-        text: TextMessage,
-    },
-    Binary {
-        conn: ConnId,
-        len: usize,
-    },
-    Activity {
-        conn: ConnId,
-    },
-    Flushed {
-        conn: ConnId,
-        bytes: usize,
-    },
-    Disconnect {
-        conn: ConnId,
-        reason: DisconnectReason,
-    },
-    Call(Box<dyn FnOnce(&mut Hub) + Send>),
-    Shutdown {
-        done: oneshot::Sender<()>,
-    },
-}
-
-/// An admitted connection: its id and the queue of what to send it.
-pub(crate) struct Registered {
-    pub(crate) conn: ConnId,
-    pub(crate) rx: OutboxRx,
-}
-
-/// Why the hub task did not admit a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ConnectRefused {
-    Hub(ConnectError),
-    ShuttingDown,
-    Stopped,
-}
-
-/// Why [`Roomcast::call`] returned no result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    /// The hub task is gone (the runtime is shutting down).
-    #[error("the roomcast hub task has stopped")]
-    Stopped,
-    /// The closure panicked; the hub stays usable (every hub method leaves it consistent).
-    #[error("the closure passed to Roomcast::call panicked")]
-    Panicked,
-}
+/// Hub events buffered per [`crate::Roomcast::subscribe_events`] receiver before it lags.
+pub(crate) const EVENT_QUEUE: usize = 1024;
 
 /// Hashes a [`ConnId`] with one multiply: ids are assigned by the hub, never by a peer,
 /// so there is nothing to defend against and SipHash would only cost time per send.
@@ -121,245 +53,6 @@ impl Hasher for IdHasher {
 
 type ConnMap = HashMap<ConnId, OutboxTx, BuildHasherDefault<IdHasher>>;
 
-/// Counts running socket tasks so a shutdown can wait for the last one.
-#[derive(Debug, Default)]
-pub(crate) struct SocketTracker {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-/// Held by a socket task for its whole life.
-pub(crate) struct SocketGuard(Arc<SocketTracker>);
-
-impl SocketTracker {
-    pub(crate) fn enter(self: &Arc<Self>) -> SocketGuard {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        SocketGuard(self.clone())
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for SocketGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// What every clone of a [`Roomcast`] shares.
-pub(crate) struct Shared {
-    pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) config: Config,
-    pub(crate) policy: ServerPolicy,
-    /// What every socket task shares: one copy, not one per connection.
-    pub(crate) socket_params: Arc<SocketParams>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) sockets: Arc<SocketTracker>,
-    pub(crate) events: broadcast::Sender<Event>,
-    /// Set on shutdown; echo-mode sockets (which have no hub) wait on it.
-    pub(crate) shutdown: Arc<ShutdownFlag>,
-    pub(crate) statics: Option<StaticFiles>,
-}
-
-/// A running roomcast hub and the handle to everything around it.
-///
-/// Cheap to clone (an `Arc`); every clone talks to the same hub task. Mount
-/// [`Roomcast::ws_handler`] on a route of your own router, or serve everything
-/// (WebSocket endpoint, static files, `/healthz`, `/metrics`) with
-/// [`Roomcast::service`]; run server-side operations with [`Roomcast::call`].
-#[derive(Clone)]
-pub struct Roomcast {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for Roomcast {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Roomcast")
-            .field("ws_path", &self.shared.config.ws_path)
-            .field("echo", &self.shared.config.echo)
-            .field("sockets", &self.shared.sockets.count())
-            .finish()
-    }
-}
-
-impl Roomcast {
-    /// Starts the hub task on the current tokio runtime.
-    ///
-    /// The hub is seeded from the OS random source (hash-flooding resistance, and room
-    /// epochs that differ across restarts so clients notice lost history).
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, like `tokio::spawn`.
-    pub fn new(config: Config) -> Roomcast {
-        let mut seed = [0u8; 32];
-        if let Err(e) = getrandom::fill(&mut seed) {
-            // Only costs flooding resistance and epoch uniqueness; the time keeps epochs
-            // distinct across restarts.
-            error!("OS random source failed ({e}); seeding the hub from the time");
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default();
-            seed[..16].copy_from_slice(&t.to_le_bytes());
-        }
-        let clock = Clock::new();
-        // This task calls `Hub::flush` after every batch of commands, and the socket
-        // tasks write frames themselves: room bursts can be coalesced.
-        let hub_config = roomcast_core::hub::HubConfig {
-            coalesce_room_messages: true,
-            ..config.hub.clone()
-        };
-        let hub = Hub::new(hub_config, seed, clock.now());
-        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
-        let (events, _) = broadcast::channel(EVENT_QUEUE);
-        let statics = config.www.as_deref().map(StaticFiles::new);
-        let metrics = Arc::new(Metrics::default());
-        let socket_params = Arc::new(SocketParams {
-            conn_config: config.connection_config(),
-            metrics: metrics.clone(),
-            close_timeout: config.close_timeout,
-            activity_every: socket::activity_every(&config.hub),
-            flush_report_min: socket::flush_report_min(&config.hub),
-            direct_writes: tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::CurrentThread,
-        });
-        let shared = Arc::new(Shared {
-            commands,
-            policy: config.policy(),
-            socket_params,
-            config,
-            metrics,
-            sockets: Arc::new(SocketTracker::default()),
-            events: events.clone(),
-            shutdown: Arc::default(),
-            statics,
-        });
-        tokio::spawn(run_hub(hub, rx, clock, events, shared.metrics.clone()));
-        Roomcast { shared }
-    }
-
-    /// The configuration this instance runs with.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
-    }
-
-    /// Runs `f` on the hub task with exclusive access to the [`Hub`] and returns its
-    /// result: the whole server-side API (`send_to_room`, `send_to_channel`,
-    /// `send_to_user`, `broadcast`, `create_room`, `create_channel`, `link_room`, `join`,
-    /// `disconnect`, `stats`, ...) from your own handlers, with no lock. Outputs the
-    /// closure causes are routed right after it returns. Keep it short: every connection
-    /// waits while it runs.
-    pub async fn call<R, F>(&self, f: F) -> Result<R, CallError>
-    where
-        F: FnOnce(&mut Hub) -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let job = Box::new(move |hub: &mut Hub| {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| f(hub))) {
-                Ok(r) => {
-                    let _ = tx.send(Ok(r));
-                }
-                Err(_) => {
-                    error!("a Roomcast::call closure panicked");
-                    let _ = tx.send(Err(CallError::Panicked));
-                }
-            }
-        });
-        self.shared
-            .commands
-            .send(Command::Call(job))
-            .await
-            .map_err(|_| CallError::Stopped)?;
-        rx.await.map_err(|_| CallError::Stopped)?
-    }
-
-    /// The hub's counts and counters.
-    pub async fn stats(&self) -> Result<Stats, CallError> {
-        self.call(|hub| hub.stats()).await
-    }
-
-    /// The Prometheus text exposition of the hub's stats and the adapter's counters
-    /// (what `GET /metrics` serves), for apps that expose metrics on their own route.
-    pub async fn metrics_text(&self) -> Result<String, CallError> {
-        let stats = self.stats().await?;
-        Ok(self
-            .shared
-            .metrics
-            .render(&stats, self.shared.sockets.count()))
-    }
-
-    /// Hub events (connections, joins, deliveries, refusals) as they happen. A receiver
-    /// that falls more than 1024 events behind loses the oldest (`RecvError::Lagged`);
-    /// events cost nothing while nobody subscribes.
-    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
-        self.shared.events.subscribe()
-    }
-
-    /// WebSocket tasks currently running (closing ones included).
-    pub fn open_sockets(&self) -> usize {
-        self.shared.sockets.count()
-    }
-
-    /// Whether the hub task is still running (what `/healthz` reports).
-    pub fn is_running(&self) -> bool {
-        !self.shared.commands.is_closed()
-    }
-
-    /// Graceful shutdown: refuses new connections (503), closes every connection with
-    /// 1001 after flushing what is queued for it, and waits up to
-    /// `Config::shutdown_timeout` for the sockets to finish. Returns `true` if every
-    /// socket finished in time. Stop accepting TCP connections before calling it.
-    pub async fn shutdown(&self) -> bool {
-        self.shared.shutdown.trigger();
-        let (done, wait) = oneshot::channel();
-        if self
-            .shared
-            .commands
-            .send(Command::Shutdown { done })
-            .await
-            .is_ok()
-        {
-            let _ = wait.await;
-        }
-        tokio::time::timeout(
-            self.shared.config.shutdown_timeout,
-            self.shared.sockets.wait_idle(),
-        )
-        .await
-        .is_ok()
-    }
-
-    /// Admits a connection at the hub (before the 101 is sent, so refusals become HTTP
-    /// errors).
-    pub(crate) async fn connect(&self, req: ConnectRequest) -> Result<Registered, ConnectRefused> {
-        let (reply, rx) = oneshot::channel();
-        self.shared
-            .commands
-            .send(Command::Connect { req, reply })
-            .await
-            .map_err(|_| ConnectRefused::Stopped)?;
-        rx.await.map_err(|_| ConnectRefused::Stopped)?
-    }
-}
-
 /// The hub task's state besides the hub itself.
 struct HubTask {
     hub: Hub,
@@ -376,7 +69,7 @@ struct HubTask {
     shutting_down: bool,
 }
 
-async fn run_hub(
+pub(crate) async fn run_hub(
     hub: Hub,
     mut commands: mpsc::Receiver<Command>,
     clock: Clock,
@@ -449,9 +142,9 @@ impl HubTask {
                 // members as it is. Liveness is counted as for a JSON request.
                 let _ = hub.handle_activity(now, conn);
                 let _ = match text.as_str() {
-                    "sub" => hub.join(conn, BENCH_ROOM, false),
+                    "sub" => hub.join(now, conn, BENCH_ROOM, false),
                     // Nobody subscribed yet: the room does not exist, nothing to deliver.
-                    t => hub.send_raw_to_room(BENCH_ROOM, t, &[]).map(drop),
+                    t => hub.send_raw_to_room(now, BENCH_ROOM, t, &[]).map(drop),
                 };
             }
             Command::Flushed { conn, bytes } => {
@@ -492,12 +185,7 @@ impl HubTask {
                     }
                 }
             }
-            Command::Call(f) => {
-                // Brings the hub's clock up to date (and runs anything already due), so
-                // server-side sends are stamped with the current time.
-                hub.handle_timeout(now);
-                f(hub);
-            }
+            Command::Call(f) => f(hub, now),
             Command::Shutdown { done } => {
                 if !self.shutting_down {
                     info!(
@@ -506,7 +194,7 @@ impl HubTask {
                     );
                 }
                 self.shutting_down = true;
-                hub.shutdown();
+                hub.shutdown(now);
                 let _ = done.send(());
             }
         }
@@ -577,20 +265,23 @@ impl HubTask {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use roomcast_core::hub::RoomOptions;
+    use roomcast_core::hub::{ConnectError, ConnectRequest, Event, RoomOptions};
+
+    use crate::commands::ConnectRefused;
+    use crate::config::Config;
+    use crate::handle::{CallError, Roomcast};
 
     #[tokio::test]
     async fn call_runs_on_the_hub_and_survives_a_panic() {
         let rc = Roomcast::new(Config::default());
-        rc.call(|hub| hub.create_room("lobby", RoomOptions::default()))
+        rc.call(|hub, now| hub.create_room(now, "lobby", RoomOptions::default()))
             .await
             .unwrap()
             .unwrap();
-        let panicked = rc.call(|_hub| -> () { panic!("boom") }).await;
+        let panicked = rc.call(|_hub, _| -> () { panic!("boom") }).await;
         assert_eq!(panicked, Err(CallError::Panicked));
         let rooms = rc
-            .call(|hub| hub.rooms().map(str::to_owned).collect::<Vec<_>>())
+            .call(|hub, _| hub.rooms().map(str::to_owned).collect::<Vec<_>>())
             .await
             .unwrap();
         assert_eq!(rooms, ["lobby"]);

@@ -22,7 +22,7 @@
 //! let rc = Roomcast::new(Config::default());
 //! // axum: Router::new().route_service("/ws", rc.ws_handler())
 //! let delivered = rc
-//!     .call(|hub| hub.broadcast("news", None, &[]).map(|d| d.delivered))
+//!     .call(|hub, now| hub.broadcast(now, "news", None, &[]).map(|d| d.delivered))
 //!     .await??;
 //! # let _ = delivered; Ok(()) }
 //! ```
@@ -45,21 +45,24 @@
 
 pub mod client;
 mod clock;
+mod commands;
 mod config;
+mod handle;
 mod http;
 mod hub_task;
 mod io;
 mod metrics;
 mod outbox;
 pub mod reconnecting;
+mod responses;
 mod server;
 mod shutdown;
 mod socket;
 mod statics;
 
 pub use config::{heartbeat_for, Config, BENCH_ROOM};
+pub use handle::{CallError, Roomcast};
 pub use http::{PeerAddr, RoomcastService, WsHandler};
-pub use hub_task::{CallError, Roomcast};
 pub use server::{Server, ServerError};
 
 /// The core crate, re-exported so embedders use the exact version this adapter speaks.

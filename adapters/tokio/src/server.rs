@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::handle::Roomcast;
 use crate::http::PeerAddr;
-use crate::hub_task::Roomcast;
 use crate::metrics::Metrics;
 
 /// Largest request head accepted, request line and headers (cookies included): the

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, error, trace};
 
-use crate::hub_task::{Command, SocketGuard};
+use crate::commands::{Command, SocketGuard};
 use crate::io::{poll_read_into, OutQueue, SharedWriter};
 use crate::metrics::Metrics;
 use crate::outbox::{OutboxRx, Piece, Taken, Unreported};

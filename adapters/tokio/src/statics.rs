@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::http::text_response;
+use crate::responses::text_response;
 
 /// Largest file served (the whole file is read into memory per request).
 const MAX_FILE: u64 = 64 * 1024 * 1024;

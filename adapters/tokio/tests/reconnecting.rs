@@ -70,7 +70,7 @@ async fn reconnects_rejoins_and_loses_nothing() {
         let hub = hub.clone();
         async move {
             let data = serde_json::value::RawValue::from_string(n.to_string()).unwrap();
-            hub.call(move |h| h.send_to_room("r", "n", Some(&data), &[]).unwrap())
+            hub.call(move |h, now| h.send_to_room(now, "r", "n", Some(&data), &[]).unwrap())
                 .await
                 .unwrap()
         }
@@ -87,9 +87,9 @@ async fn reconnects_rejoins_and_loses_nothing() {
     }
 
     // The server drops ada's connection; the room goes on while she is away.
-    hub.call(|h| {
+    hub.call(|h, now| {
         let ada = h.user_connections("ada")[0];
-        h.disconnect(ada, 4000, "kicked for the test").unwrap();
+        h.disconnect(now, ada, 4000, "kicked for the test").unwrap();
     })
     .await
     .unwrap();

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use roomcast_core::hash::Map as HashMap;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use roomcast_core::hub::{
@@ -141,7 +141,8 @@ impl Sim {
         let room_names: Vec<String> = (0..cfg.rooms).map(|i| format!("room-{i}")).collect();
         let linked: BTreeSet<String> = room_names.iter().take(2).cloned().collect();
         let refs: Vec<&str> = linked.iter().map(String::as_str).collect();
-        hub.create_channel("news", &refs).expect("valid names");
+        hub.create_channel(Timestamp(0), "news", &refs)
+            .expect("valid names");
         Sim {
             report: SimReport::default(),
             hub,
@@ -580,12 +581,18 @@ impl Sim {
         }
         // history keeps empty rooms for its age; then everything must be gone
         self.advance(60_000);
-        self.hub.remove_room("nonexistent").ok();
+        self.hub
+            .remove_room(Timestamp(self.now), "nonexistent")
+            .ok();
         // the server-created channel (and the rooms it links) stay by design
-        let _ = self.hub.unlink_room("news", &self.room_names[0].clone());
-        let _ = self.hub.unlink_room("news", &self.room_names[1].clone());
+        let _ = self
+            .hub
+            .unlink_room(Timestamp(self.now), "news", &self.room_names[0].clone());
+        let _ = self
+            .hub
+            .unlink_room(Timestamp(self.now), "news", &self.room_names[1].clone());
         for r in self.linked.clone() {
-            let _ = self.hub.remove_room(&r);
+            let _ = self.hub.remove_room(Timestamp(self.now), &r);
         }
         self.advance(60_000);
         let stats = self.hub.stats();

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use roomcast_tokio::core::values;
 use roomcast_tokio::{heartbeat_for, Config, Server};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -76,7 +77,7 @@ struct Args {
         env = "ROOMCAST_PING_INTERVAL",
         value_name = "DUR",
         default_value = "25s",
-        value_parser = humantime::parse_duration
+        value_parser = parse_positive_duration
     )]
     ping_interval: Duration,
 
@@ -89,7 +90,7 @@ struct Args {
         env = "ROOMCAST_PONG_TIMEOUT",
         value_name = "DUR",
         default_value = "20s",
-        value_parser = humantime::parse_duration
+        value_parser = parse_positive_duration
     )]
     pong_timeout: Duration,
 
@@ -160,7 +161,7 @@ struct Args {
         env = "ROOMCAST_RATE_LIMIT_GRACE",
         value_name = "DUR",
         default_value = "10s",
-        value_parser = humantime::parse_duration
+        value_parser = parse_positive_duration
     )]
     rate_limit_grace: Duration,
 
@@ -247,46 +248,17 @@ struct Args {
     log: String,
 }
 
-/// Parses `1048576`, `64KiB`, `1MiB`, `1GiB`, `64K`/`1M` (binary) or `1KB`/`1MB`
-/// (decimal).
+/// A size (`1048576`, `64KiB`, `1MiB`, `1GiB`, `1MB`): the grammar every runtime shares.
 fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("expected a number of bytes, got {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} (use KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
-    };
-    let bytes = n
-        .checked_mul(mult)
-        .and_then(|b| usize::try_from(b).ok())
-        .ok_or_else(|| format!("{s} is too large"))?;
-    if bytes == 0 {
-        return Err("the size must be at least 1 byte".to_owned());
-    }
-    Ok(bytes)
+    values::parse_size(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// A duration (`humantime`: 500ms, 10s, 1m) that is not zero.
+/// A duration (`500ms`, `25s`, `2m`, `1h`) that is not zero: the grammar every runtime
+/// shares.
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d.is_zero() {
-        return Err("the duration must be more than 0".to_owned());
-    }
-    Ok(d)
+    values::parse_millis(s)
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{s:?}: {e}"))
 }
 
 impl Args {

@@ -1,0 +1,299 @@
+//! The client protocol: one text message is one request, checked in PROTOCOL.md's order
+//! (size, rate, JSON, shape, names, then the request's own rules) and answered with an
+//! `ack` or an `error`. Peer mistakes never become `Err`.
+
+use serde_json::value::RawValue;
+
+use super::connections::Closing;
+use super::history::History;
+use super::members::Asker;
+use super::messages::{self, JoinAck};
+use super::publish::Publish;
+use super::types::{ConnState, Event, HubError, Origin};
+use super::{ConnId, Hub};
+use crate::protocol::{self, ErrorCode, Rejection, Request, RequestId, Target};
+use crate::ratelimit::Verdict;
+use crate::time::Timestamp;
+
+/// A join request's recovery position.
+struct Position<'a> {
+    since: Option<u64>,
+    epoch: Option<&'a str>,
+}
+
+impl Hub {
+    /// Handles one text message from a client: a protocol request. Peer mistakes are
+    /// answered with `error` messages, never returned as `Err`.
+    pub fn handle_text(&mut self, now: Timestamp, id: ConnId, text: &str) -> Result<(), HubError> {
+        let now = self.clock.advance(now);
+        let Some(s) = self.admit_message(id, text.len(), now)? else {
+            return Ok(());
+        };
+        let verdict = {
+            let limit = self.config.rate_limit;
+            self.conns[s].bucket.take(&limit, now)
+        };
+        if verdict == Verdict::Abuse {
+            self.fanout.stats.rate_limited += 1;
+            self.close_conn(s, Closing::rate_limited(), now);
+            return Ok(());
+        }
+        if protocol::is_heartbeat_ping(text) && verdict == Verdict::Allow {
+            self.send(id, &messages::heartbeat_pong());
+            return Ok(());
+        }
+        let parsed = protocol::parse_request(text);
+        let id_ref = parsed.id.as_ref();
+        let result = match parsed.request {
+            Err(rej) => Err(rej),
+            Ok(_) if verdict == Verdict::Refuse => {
+                self.fanout.stats.rate_limited += 1;
+                Err(Rejection::new(
+                    ErrorCode::RateLimited,
+                    "too many requests: slow down",
+                ))
+            }
+            Ok(req) => self.dispatch(s, id_ref, req, now),
+        };
+        if let Err(rej) = result {
+            self.refuse(id, id_ref, &rej);
+        }
+        self.reap(now);
+        Ok(())
+    }
+
+    /// Handles a binary message: not part of protocol v1, so it is answered `unsupported`.
+    pub fn handle_binary(
+        &mut self,
+        now: Timestamp,
+        id: ConnId,
+        len: usize,
+    ) -> Result<(), HubError> {
+        let now = self.clock.advance(now);
+        if self.admit_message(id, len, now)?.is_none() {
+            return Ok(());
+        }
+        let rej = Rejection::new(
+            ErrorCode::Unsupported,
+            "binary messages are not part of protocol v1",
+        );
+        self.send(id, &messages::error(None, &rej));
+        self.reap(now);
+        Ok(())
+    }
+
+    /// What every message from a client goes through first: counted, a sign of life,
+    /// and closed 1009 past the size limit. `None` when there is nothing more to do
+    /// (closing, or just closed).
+    fn admit_message(
+        &mut self,
+        id: ConnId,
+        len: usize,
+        now: Timestamp,
+    ) -> Result<Option<usize>, HubError> {
+        let s = self.conns.slot_of(id)?;
+        if self.conns[s].state != ConnState::Open {
+            return Ok(None); // racing a close we already decided: drop quietly
+        }
+        self.fanout.stats.messages_in += 1;
+        self.fanout.stats.bytes_in += len as u64;
+        self.conns[s].last_seen = now;
+        if len > self.config.max_message_size {
+            self.close_conn(s, Closing::too_big(), now);
+            return Ok(None);
+        }
+        Ok(Some(s))
+    }
+
+    /// Answers a refused request with an `error` (and tells the application).
+    fn refuse(&mut self, id: ConnId, req_id: Option<&RequestId>, rej: &Rejection) {
+        self.send(id, &messages::error(req_id, rej));
+        self.fanout.event(Event::Refused {
+            conn: id,
+            code: rej.code,
+        });
+    }
+
+    fn dispatch(
+        &mut self,
+        s: usize,
+        id: Option<&RequestId>,
+        req: Request<'_>,
+        now: Timestamp,
+    ) -> Result<(), Rejection> {
+        let conn = self.conns[s].id;
+        match req {
+            Request::Ping => {
+                self.send(conn, &messages::pong(id));
+                Ok(())
+            }
+            Request::Join {
+                room,
+                since,
+                epoch,
+                presence,
+            } => {
+                let pos = Position {
+                    since,
+                    epoch: epoch.as_deref(),
+                };
+                self.client_join(s, id, &room, pos, presence, now)
+            }
+            Request::Leave { room } => {
+                let rk = self
+                    .index
+                    .rooms
+                    .key(&room)
+                    .filter(|&rk| self.index.is_member(s, rk))
+                    .ok_or_else(|| {
+                        Rejection::new(ErrorCode::NotMember, "not a member of this room")
+                    })?;
+                self.remove_member(s, rk, now);
+                self.send(conn, &messages::ack_with(id, "room", &room));
+                Ok(())
+            }
+            Request::Subscribe { channel } => {
+                self.subscribe_slot(s, &channel)
+                    .map_err(|r| r.rejection())?;
+                self.send(conn, &messages::ack_with(id, "channel", &channel));
+                Ok(())
+            }
+            Request::Unsubscribe { channel } => {
+                if let Some(ck) = self.index.channels.key(&channel) {
+                    if self.index.is_subscriber(s, ck) {
+                        self.remove_subscriber(s, ck);
+                    }
+                }
+                self.send(conn, &messages::ack_with(id, "channel", &channel));
+                Ok(())
+            }
+            Request::Publish {
+                target,
+                event,
+                data,
+                echo,
+            } => self.client_publish(s, id, &target, &event, data, echo, now),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn client_publish(
+        &mut self,
+        s: usize,
+        id: Option<&RequestId>,
+        target: &Target<'_>,
+        event: &str,
+        data: Option<&RawValue>,
+        echo: bool,
+        now: Timestamp,
+    ) -> Result<(), Rejection> {
+        let conn = self.conns[s].id;
+        let origin = Origin::Conn(conn);
+        let from = self.conns[s].peer_json.clone();
+        let exclude = if echo { None } else { Some(conn) };
+        let p = Publish {
+            origin: &origin,
+            from: Some(&from),
+            event,
+            data,
+            exclude: exclude.as_slice(),
+        };
+        let delivery = match target {
+            Target::Room(room) => {
+                let rk = self
+                    .index
+                    .rooms
+                    .key(room)
+                    .filter(|&rk| self.index.is_member(s, rk))
+                    .ok_or_else(|| {
+                        Rejection::new(
+                            ErrorCode::NotMember,
+                            "join the room before publishing to it",
+                        )
+                    })?;
+                self.publish_room(rk, &p, now)
+            }
+            Target::Channel(channel) => {
+                let ck = self
+                    .index
+                    .channels
+                    .key(channel)
+                    .filter(|&ck| self.index.may_publish_channel(&self.conns, s, ck))
+                    .ok_or_else(|| {
+                        Rejection::new(
+                            ErrorCode::NotMember,
+                            "subscribe to the channel (or join a linked room) before publishing to it",
+                        )
+                    })?;
+                self.publish_channel(ck, &p)
+            }
+            Target::User(user) => self.publish_user(user, &p),
+        };
+        let ack = messages::publish_ack(id, delivery.delivered, delivery.seq);
+        self.send(conn, &ack);
+        Ok(())
+    }
+
+    fn client_join(
+        &mut self,
+        s: usize,
+        id: Option<&RequestId>,
+        room: &str,
+        pos: Position<'_>,
+        presence: bool,
+        now: Timestamp,
+    ) -> Result<(), Rejection> {
+        let conn = self.conns[s].id;
+        let (rk, already) = self
+            .join_slot(s, room, presence, Asker::Client)
+            .map_err(|r| r.rejection())?;
+        let mut recovered = None;
+        if already {
+            if pos.since.is_some() {
+                let r = &self.index.rooms[rk];
+                recovered = Some(pos.epoch == Some(&*r.epoch) && pos.since == Some(r.seq));
+            }
+        } else if pos.since.is_some() || pos.epoch.is_some() {
+            recovered = Some(self.replay(s, rk, &pos, now));
+        }
+        let r = &self.index.rooms[rk];
+        let conns = &self.conns;
+        let present = presence.then(|| {
+            r.members
+                .iter()
+                .take(self.config.max_present_list)
+                .map(|&m| &*conns[m].peer_json)
+        });
+        let ack = JoinAck {
+            room: &r.name,
+            members: r.members.len(),
+            epoch: &r.epoch,
+            seq: r.seq,
+            recovered,
+            present,
+        };
+        let msg = messages::join_ack(id, ack);
+        self.send(conn, &msg);
+        Ok(())
+    }
+
+    /// Replays history for a (re)join and says whether the client is fully caught up.
+    fn replay(&mut self, s: usize, rk: usize, pos: &Position<'_>, now: Timestamp) -> bool {
+        let room = &mut self.index.rooms[rk];
+        self.history.trim(&mut room.log, now);
+        let plan = History::replay(&room.log, &room.epoch, room.seq, pos.since, pos.epoch);
+        if let Some(from) = plan.from {
+            let conn = self.conns[s].id;
+            let msgs: Vec<_> = room
+                .log
+                .iter()
+                .filter(|e| e.seq >= from)
+                .map(|e| e.msg.clone())
+                .collect();
+            for m in &msgs {
+                self.send(conn, m);
+            }
+        }
+        plan.recovered
+    }
+}
