@@ -533,12 +533,11 @@ impl DurableObject for HubObject {
             };
             let conn = match live.driver.connect(now, request) {
                 Ok(conn) => conn,
-                Err(ConnectError::Full) => {
-                    return reject(&Reject::new(503, RejectReason::ServerFull))
-                }
                 Err(ConnectError::BadUser) => {
                     return reject(&Reject::new(400, RejectReason::BadUser))
                 }
+                // Full (and anything a later core refuses for): try again later.
+                Err(_) => return reject(&Reject::new(503, RejectReason::ServerFull)),
             };
             self.state
                 .accept_websocket_with_tags(&pair.server, &[&attachment::tag(conn)]);
