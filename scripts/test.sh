@@ -10,7 +10,13 @@
 # timeout; every process a stage starts is stopped when it ends. The last line printed
 # is the test total: `total: N passed, M failed, K skipped`.
 #
-# Adding a stage: write `stage_NAME() { ... }` below and put NAME in STAGES.
+# Every stage counts what it ran (a check such as fmt counts as one test) and prints its
+# count; a stage that passed fewer tests than its entry in MIN_PASSED fails, so a test
+# binary that a `cfg` slip empties, a skip that spreads, or a suite that breaks off early
+# cannot pass quietly. When a stage gains tests, raise its minimum to the new count.
+#
+# Adding a stage: write `stage_NAME() { ... }` below, put NAME in STAGES and its minimum in
+# MIN_PASSED.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,9 +28,32 @@ ARTIFACTS="$ROOT/tests/artifacts"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 
+# Fewest passed tests per stage (skipped ones do not count), with the whole suite selected.
+# PYTEST_ARGS (a subset of the scenarios) lowers scenarios/worker to 1, AUTOBAHN_CASES lowers
+# autobahn to 1. Counts as of the commit that last changed them, on a full run.
+declare -A MIN_PASSED=(
+	[prereqs]=1
+	[fmt]=1
+	[clippy]=1
+	[cargo_test]=__CARGO_TEST_MIN__
+	[wasm_build]=1
+	[wasm_test]=__WASM_TEST_MIN__
+	[scenarios]=__SCENARIOS_MIN__
+	[adversarial]=__ADVERSARIAL_MIN__
+	[autobahn]=__AUTOBAHN_MIN__
+	[browser]=__BROWSER_MIN__
+	[worker]=__WORKER_MIN__
+	[fuzz]=6
+	[bench_smoke]=1
+)
+
 PASSED=0
 FAILED=0
 SKIPPED=0
+# The current stage's own counts.
+STAGE_PASSED=0
+STAGE_FAILED=0
+STAGE_SKIPPED=0
 CURRENT=""
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -34,6 +63,29 @@ count() {
 	PASSED=$((PASSED + ${1:-0}))
 	FAILED=$((FAILED + ${2:-0}))
 	SKIPPED=$((SKIPPED + ${3:-0}))
+	STAGE_PASSED=$((STAGE_PASSED + ${1:-0}))
+	STAGE_FAILED=$((STAGE_FAILED + ${2:-0}))
+	STAGE_SKIPPED=$((STAGE_SKIPPED + ${3:-0}))
+}
+
+# stage_min STAGE: the fewest passed tests STAGE may report (see MIN_PASSED).
+stage_min() {
+	case "$1" in
+	scenarios | worker) [[ -z "${PYTEST_ARGS:-}" ]] || {
+		echo 1
+		return
+	} ;;
+	autobahn) [[ -z "${AUTOBAHN_CASES:-}" ]] || {
+		echo 1
+		return
+	} ;;
+	esac
+	echo "${MIN_PASSED[$1]:?no MIN_PASSED entry for stage $1}"
+}
+
+# stage_counts: the current stage's counts, for its summary line.
+stage_counts() {
+	printf '%d passed, %d failed, %d skipped' "$STAGE_PASSED" "$STAGE_FAILED" "$STAGE_SKIPPED"
 }
 
 # bounded SECONDS CMD...: runs CMD, killed (with its process group) after SECONDS.
@@ -56,7 +108,7 @@ on_exit() {
 	fi
 	if [[ $rc -ne 0 ]]; then
 		if [[ $FAILED -eq 0 ]]; then FAILED=1; fi
-		printf '\nFAILED: stage `%s` (exit %d)\n' "$CURRENT" "$rc"
+		printf '\nFAILED: stage `%s` (exit %d; %s)\n' "$CURRENT" "$rc" "$(stage_counts)"
 	else
 		printf '\nall stages passed\n'
 	fi
@@ -101,14 +153,17 @@ stage_prereqs() {
 		echo "$want" >"$stamp"
 	fi
 	"$PY" -c 'import pytest, websockets, kosoku' # fail here, not halfway through
+	count 1 0 0
 }
 
 stage_fmt() {
 	bounded 300 cargo fmt --all -- --check
+	count 1 0 0
 }
 
 stage_clippy() {
 	bounded 1800 cargo clippy --workspace --all-targets -- -D warnings
+	count 1 0 0
 }
 
 stage_cargo_test() {
@@ -121,6 +176,7 @@ stage_cargo_test() {
 
 stage_wasm_build() {
 	bounded 1200 cargo build -p roomcast-core --target wasm32-unknown-unknown
+	count 1 0 0
 }
 
 stage_wasm_test() {
@@ -166,10 +222,18 @@ stage_fuzz() {
 # slow consumers, floods, frame abuse, slow handshakes, half-open peers, 2k connections
 # chatting, shutdown under load, limits. About 1 min on 2 cores; bounded to 5 min.
 stage_adversarial() {
-	local out="$ARTIFACTS/adversarial.log" rc=0
+	local out="$ARTIFACTS/adversarial.log" out1="$ARTIFACTS/adversarial-threads1.log" rc=0
 	bounded 900 cargo build -p roomcast-tokio --bin roomcast -p roomcast-adversarial --tests
 	ROOMCAST_ADVERSARIAL_NO_BUILD=1 bounded 300 cargo test -p roomcast-adversarial 2>&1 | tee "$out" || rc=$?
 	count_cargo_log "$out"
+	# The tests that load the server's write path hardest, again on one thread (the
+	# current-thread runtime of a one-core machine: the hub task writes sockets itself,
+	# partial writes are handed back, flushed bytes are reported in lumps).
+	log "adversarial: slow consumers, floods and shutdown with roomcast --threads 1"
+	ROOMCAST_ADVERSARIAL_NO_BUILD=1 ROOMCAST_ADVERSARIAL_THREADS=1 bounded 300 \
+		cargo test -p roomcast-adversarial --test slow_consumer --test floods --test shutdown \
+		2>&1 | tee "$out1" || rc=$?
+	count_cargo_log "$out1"
 	return "$rc"
 }
 
@@ -197,32 +261,57 @@ count_cargo_log() {
 }
 
 stage_scenarios() {
-	# Protocol scenario suite against the native server (the fixtures start the servers).
+	# Protocol scenario suite against the native server (the fixtures start the servers),
+	# then again with every server on one thread: the current-thread runtime a one-core
+	# machine gets by default, where the hub task writes sockets itself.
 	bounded 900 cargo build -p roomcast-tokio --bin roomcast
-	run_scenarios native ROOMCAST_TARGET=native ROOMCAST_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/roomcast"
+	local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/roomcast" rc=0
+	run_scenarios native ROOMCAST_TARGET=native ROOMCAST_BIN="$bin" || rc=$?
+	run_scenarios native-threads1 ROOMCAST_TARGET=native ROOMCAST_BIN="$bin" \
+		SCENARIO_SERVER_FLAGS="--threads 1" || rc=$?
+	return "$rc"
 }
 
 # run_scenarios LABEL [VAR=VALUE...]: the pytest suite of tests/scenarios with that
 # environment (e.g. ROOMCAST_TARGET=worker ROOMCAST_WS_URL=ws://127.0.0.1:PORT/hub/t/ws),
-# counted into the totals. Extra pytest arguments: PYTEST_ARGS="-k recovery -x".
+# counted into the totals. Extra pytest arguments: PYTEST_ARGS="-k recovery -x". The logs
+# of the servers the fixtures start land in $ARTIFACTS/servers-LABEL and fail the run if
+# one panicked (a task the runtime survives would not fail a test).
 run_scenarios() {
 	local label=$1
 	shift
 	local xml="$ARTIFACTS/scenarios-$label.xml"
+	local logs="$ARTIFACTS/servers-$label"
 	local rc=0
 	local extra=()
 	read -ra extra <<<"${PYTEST_ARGS:-}"
-	rm -rf "$xml" "$ARTIFACTS/servers" # server logs of this run land in $ARTIFACTS/servers
+	rm -rf "$xml" "$logs"
 	(
 		cd tests/scenarios
-		env "$@" timeout --kill-after=20 1200 \
+		env "$@" SCENARIO_SERVER_LOGS="$logs" timeout --kill-after=20 1200 \
 			"$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" "${extra[@]}"
 	) || rc=$?
 	junit_count "$xml"
 	if [[ $rc -eq 5 ]]; then
 		echo "pytest collected no test" >&2
 	fi
+	no_panics "scenarios ($label) servers" "$logs" || rc=1
 	return "$rc"
+}
+
+# no_panics WHAT DIR_OR_FILE...: fails (and counts a failure) if any of those server logs
+# has a Rust panic message in it.
+no_panics() {
+	local what=$1
+	shift
+	local hits
+	hits="$(grep -rsn -e 'panicked at' -- "$@" | head -n 20 || true)"
+	if [[ -n "$hits" ]]; then
+		echo "$what: a server panicked:" >&2
+		echo "$hits" >&2
+		count 0 1 0
+		return 1
+	fi
 }
 
 stage_autobahn() {
@@ -271,9 +360,16 @@ for stage in "${selected[@]}"; do
 		exit 2
 	fi
 	CURRENT="$stage"
+	STAGE_PASSED=0 STAGE_FAILED=0 STAGE_SKIPPED=0
 	log "$stage"
 	start=$SECONDS
 	"stage_$stage"
-	echo "--- $stage ok ($((SECONDS - start))s)"
+	min="$(stage_min "$stage")"
+	if ((STAGE_PASSED < min)); then
+		echo "stage $stage passed $STAGE_PASSED tests, fewer than its minimum $min" \
+			"(MIN_PASSED in scripts/test.sh): tests vanished, were skipped, or a run broke off" >&2
+		exit 1
+	fi
+	echo "--- $stage ok: $(stage_counts); minimum $min ($((SECONDS - start))s)"
 done
 CURRENT=""

@@ -261,7 +261,7 @@ mod tests {
     proptest! {
         #[test]
         fn agrees_with_std(
-            data in proptest::collection::vec(any::<u8>(), 0..64),
+            data in proptest::collection::vec(any::<u8>(), 0..400),
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..5),
         ) {
             let mut points: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
@@ -280,6 +280,51 @@ mod tests {
                 ok = v.finish().is_ok();
             }
             prop_assert_eq!(ok, core::str::from_utf8(&data).is_ok());
+        }
+
+        /// Long inputs take the SIMD path (simdutf8 uses it from 64 bytes on): valid text
+        /// of up to a few hundred bytes with one invalid sequence put at a random character
+        /// boundary, fed whole and in random chunks, must fail; without it, pass. The text
+        /// ends in ASCII, so a fast path that trusted such chunks would be caught.
+        #[test]
+        fn long_input_with_one_invalid_sequence_fails(
+            s in "[a-z0-9 ]{0,8}\\PC{20,120}",
+            at in any::<prop::sample::Index>(),
+            bad in prop::sample::select(vec![
+                &b"\xff"[..], b"\xfe", b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf",
+                b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80",
+                b"\xc2\x41", b"\xe2\x82\x41",
+            ]),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ) {
+            let mut text = s.into_bytes();
+            text.extend_from_slice(b" and some ASCII at the end.");
+            prop_assume!(text.len() >= 64);
+            // A character boundary: the invalid bytes must be what breaks the text.
+            let mut i = at.index(text.len() + 1);
+            while i < text.len() && (text[i] & 0xC0) == 0x80 {
+                i += 1;
+            }
+            let mut data = text[..i].to_vec();
+            data.extend_from_slice(bad);
+            data.extend_from_slice(&text[i..]);
+            prop_assert!(core::str::from_utf8(&data).is_err());
+
+            let mut v = Utf8Validator::new();
+            prop_assert!(v.feed(&data).and_then(|()| v.finish()).is_err(), "whole");
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            points.push(0);
+            points.push(data.len());
+            points.sort_unstable();
+            let mut v = Utf8Validator::new();
+            let chunked = points
+                .windows(2)
+                .try_for_each(|w| v.feed(&data[w[0]..w[1]]))
+                .and_then(|()| v.finish());
+            prop_assert!(chunked.is_err(), "in chunks at {:?}", points);
+            // The same text without the bad bytes is fine either way.
+            let mut v = Utf8Validator::new();
+            prop_assert!(v.feed(&text).and_then(|()| v.finish()).is_ok());
         }
 
         #[test]

@@ -10,6 +10,13 @@
 //! - user messages reach every connection of the user but the sender;
 //! - heartbeat expiry happens exactly when due, and only to silent peers;
 //! - only the slow reader is closed as a slow consumer;
+//! - join acks count the room's members and list them (`present`, the joiner included);
+//!   presence messages name only other, existing connections with their users, and each
+//!   presence view (the ack's list plus every change after it) ends equal to the room;
+//! - rejoins with `since`/`epoch` (same epoch, another, none, past the end) replay exactly
+//!   the missed messages when `recovered: true`, nothing or the whole history otherwise,
+//!   and recover whenever the history must hold the messages and never past its count
+//!   or age;
 //! - the hub's indexes stay consistent, and it is empty once everyone has gone.
 //!
 //! `ROOMCAST_SIM_SEEDS=N` runs N seeds (default 1000); `ROOMCAST_SIM_SEED=S` replays one.
@@ -53,6 +60,10 @@ fn simulation_many_seeds() {
         assert!(total.heartbeat_reaps > 50, "{total:?}");
         assert!(total.slow_closes > 10, "{total:?}");
         assert!(total.bursts > 100, "coalesced bursts: {total:?}");
+        assert!(total.presence_entries > 100, "{total:?}");
+        assert!(total.presence_views > 100, "{total:?}");
+        // history is off here: rejoins are never recovered from it
+        assert!(total.not_recovered > 100, "{total:?}");
     }
 }
 
@@ -63,12 +74,61 @@ fn simulation_with_history_and_big_rooms() {
         rooms: 3,
         steps: 300,
         history: true,
+        ..SimConfig::default()
     };
+    let mut total = SimReport::default();
     for seed in 0..20 {
         let result = std::panic::catch_unwind(|| run_seed(seed, &config));
-        if let Err(e) = result {
-            eprintln!("big-room simulation failed for seed {seed}");
-            std::panic::resume_unwind(e);
+        match result {
+            Ok(r) => total.add(&r),
+            Err(e) => {
+                eprintln!("big-room simulation failed for seed {seed}");
+                std::panic::resume_unwind(e);
+            }
         }
     }
+    eprintln!("big rooms with history, 20 seeds: {total:?}");
+    // What it claims to reach: busy rooms, presence in them, recovery from the history
+    // under its byte budget (both outcomes), slow consumers.
+    assert!(total.room_deliveries > 2_000, "{total:?}");
+    assert!(total.presence_entries > 800, "{total:?}");
+    assert!(total.presence_views > 50, "{total:?}");
+    assert!(total.recovered > 20, "{total:?}");
+    assert!(total.not_recovered > 50, "{total:?}");
+    assert!(total.replayed > 150, "{total:?}");
+    assert!(total.must_not_recover > 0, "{total:?}");
+    assert!(total.slow_closes > 0, "{total:?}");
+}
+
+/// Recovery with history that only its count and age limit (a large byte budget), so the
+/// model knows when a rejoin must be recovered.
+#[test]
+fn simulation_of_recovery_against_the_history_limits() {
+    let config = SimConfig {
+        history: true,
+        history_budget: 1 << 20,
+        // room for a whole history's replay
+        max_buffered: 64 << 10,
+        ..SimConfig::default()
+    };
+    let mut total = SimReport::default();
+    for seed in 0..200 {
+        let result = std::panic::catch_unwind(|| run_seed(seed, &config));
+        match result {
+            Ok(r) => total.add(&r),
+            Err(e) => {
+                eprintln!(
+                    "recovery simulation failed for seed {seed}; replay with this test's config"
+                );
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+    eprintln!("recovery, 200 seeds: {total:?}");
+    assert!(total.must_recover > 100, "{total:?}");
+    assert!(total.must_not_recover > 10, "{total:?}");
+    assert!(total.recovered > 100, "{total:?}");
+    assert!(total.not_recovered > 100, "{total:?}");
+    assert!(total.replayed > 200, "{total:?}");
+    assert!(total.presence_views > 100, "{total:?}");
 }

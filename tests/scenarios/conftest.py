@@ -11,6 +11,10 @@ Environment (see README.md in this folder):
                           target these are started by the fixtures themselves.
   ROOMCAST_BIN            A prebuilt `roomcast` binary (default: target/debug/roomcast, built
                           with cargo on first use).
+  SCENARIO_SERVER_FLAGS   Flags added to every native server the fixtures start, e.g.
+                          `--threads 1` (scripts/test.sh runs the suite again that way).
+  SCENARIO_SERVER_LOGS    Folder for the native servers' logs (default tests/artifacts/servers);
+                          scripts/test.sh scans them for panics after the run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -161,13 +166,20 @@ def roomcast_binary() -> Path:
         return _built[0]
 
 
+# Added to every server's flags (SCENARIO_SERVER_FLAGS), e.g. ["--threads", "1"].
+EXTRA_FLAGS = shlex.split(os.environ.get("SCENARIO_SERVER_FLAGS", ""))
+SERVER_LOGS = Path(os.environ.get("SCENARIO_SERVER_LOGS") or ARTIFACTS / "servers")
+
+
 def start_server(*flags: str, name: str = "roomcast", timeout: float = 30.0) -> ServerProcess:
     """Starts `roomcast --bind 127.0.0.1:0 FLAGS` and waits for its `listening on` line."""
     binary = roomcast_binary()
-    (ARTIFACTS / "servers").mkdir(parents=True, exist_ok=True)
-    log_path = ARTIFACTS / "servers" / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
-    args = [str(binary), "--bind", "127.0.0.1:0", *flags]
+    SERVER_LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = SERVER_LOGS / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
+    args = [str(binary), "--bind", "127.0.0.1:0", *flags, *EXTRA_FLAGS]
     log = open(log_path, "w")
+    log.write(f"# {shlex.join(args)}\n")
+    log.flush()
     # Same process group as pytest, so that a `timeout` around the suite kills servers too.
     proc = subprocess.Popen(
         args,

@@ -64,10 +64,11 @@ async def test_join_with_presence_lists_present(ws_url):
         assert isinstance(present, list), ack
         for p in present:
             assert_fields(p, {"conn": ..., "user": ...})
-        # The list holds the room's members (the server caps it at its own limit, far above 3).
-        for peer in (a.peer, b.peer):
+        # The list holds the room's members, the joiner included (docs/protocol.md; the
+        # server caps it at its own limit, far above 3), each once.
+        for peer in (a.peer, b.peer, {"conn": c.conn, "user": c_user}):
             assert peer in present, f"{peer} missing from present {present}"
-        assert {"conn": c.conn, "user": c_user} in present or len(present) == 2, present
+        assert len(present) == 3, present
     finally:
         await close_all((a, b, c))
 

@@ -139,6 +139,32 @@ def test_invalid_utf8_closes_1007(ws_url):
         assert eof
 
 
+def test_large_invalid_utf8_closes_1007(ws_url):
+    """Invalid UTF-8 deep inside a message of a few KiB, in one frame and split over
+    fragments: the long-input path of the validator (SIMD from 64 bytes on) must catch it
+    too. The bad bytes sit at odd offsets, between valid multi-byte text, and the message
+    ends in ASCII."""
+    require("frame_validation")
+    head = b'{"type":"ping","id":"big","pad":"'
+    body = ("κόσμε-€-𝄞-abc-" * 200).encode()  # a few KiB of valid mixed-width text
+    for at, bad in ((1031, b"\xff"), (2053, b"\xed\xa0\x80"), (len(body) - 7, b"\xc0\xaf")):
+        cut = body[:at]
+        while cut and (cut[-1] & 0xC0) == 0x80:  # keep the text before the bad bytes valid
+            cut = cut[:-1]
+        text = head + cut + bad + body[len(cut):] + b'"}'
+        assert len(text) > 4096
+        with open_raw(ws_url) as ws:
+            ws.send_frame(OP_TEXT, text)
+            code, eof = ws.wait_close()
+            assert code == 1007, f"bad bytes at {len(head) + len(cut)}: expected close 1007, got {code}"
+            assert eof
+        with open_raw(ws_url) as ws:
+            ws.send_frame(OP_TEXT, text[:1500], fin=False)
+            ws.send_frame(OP_CONT, text[1500:], fin=True)
+            code, _ = ws.wait_close()
+            assert code == 1007, f"fragmented, bad bytes at {len(head) + len(cut)}: got {code}"
+
+
 def test_invalid_utf8_across_fragments_closes_1007(ws_url):
     require("frame_validation")
     with open_raw(ws_url) as ws:

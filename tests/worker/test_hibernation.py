@@ -127,6 +127,17 @@ async def _expires(url: str, age: float, keep_awake: bool) -> None:
             await asyncio.sleep(2)
         g = await Client.open(url)
         try:
+            # Which case ran is observed, not assumed: a hub rebuilt after an eviction hands
+            # out ids of a new instance; one kept awake, of the same.
+            if keep_awake:
+                assert instance(g.conn) == instance(e.conn), (
+                    f"the hub kept awake was rebuilt ({g.conn} vs {e.conn})"
+                )
+            else:
+                assert instance(g.conn) != instance(e.conn), (
+                    f"no eviction in {age + 3}s with heartbeats only ({g.conn} vs {e.conn}): "
+                    "the evicted case did not run"
+                )
             ack = await g.ok({"type": "join", "room": room})
             assert ack["seq"] == 0 and ack["epoch"] != epoch, (
                 f"room not expired {age}s after it emptied (keep_awake={keep_awake}): {ack}"

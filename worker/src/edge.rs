@@ -193,18 +193,13 @@ impl Sockets for SocketMap {
     }
 }
 
-/// The object's SQLite storage. Schema (created on every start, idempotently):
-/// - `rooms(name PK, epoch, seq)`: every room the hub has, from its first join;
-/// - `history(room, seq, at, text; PK room+seq)`: kept room messages, trimmed with
-///   the hub's count and age limits as messages arrive;
-/// - `conns(id PK, snapshot)`: snapshots too big for their socket's attachment.
+/// The object's SQLite storage; the schema and statements are in `sql.rs`.
 struct SqlStore(SqlStorage);
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS history (room TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS conns (id TEXT PRIMARY KEY, snapshot TEXT NOT NULL) WITHOUT ROWID",
-];
+// The statements, shared with the host tests that run them against SQLite.
+#[path = "sql.rs"]
+mod sql;
+use sql::SCHEMA;
 
 fn int(v: u64) -> SqlStorageValue {
     // seqs and millisecond times stay far below 2^53
@@ -253,11 +248,7 @@ impl Store for SqlStore {
         epoch: &str,
         seq: u64,
     ) -> std::result::Result<(), StoreError> {
-        self.run(
-            "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) \
-             ON CONFLICT(name) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
-            vec![room.into(), epoch.into(), int(seq)],
-        )
+        self.run(sql::SAVE_ROOM, vec![room.into(), epoch.into(), int(seq)])
     }
 
     fn save_message(
@@ -266,42 +257,36 @@ impl Store for SqlStore {
         history: &HistoryConfig,
     ) -> std::result::Result<(), StoreError> {
         if msg.seq == 1 {
-            self.run("DELETE FROM history WHERE room = ?", vec![msg.room.into()])?;
+            self.run(sql::CLEAR_HISTORY, vec![msg.room.into()])?;
         }
         self.save_room(msg.room, msg.epoch, msg.seq)?;
         if history.max_messages > 0 {
             self.run(
-                "INSERT OR REPLACE INTO history (room, seq, at, text) VALUES (?, ?, ?, ?)",
+                sql::SAVE_MESSAGE,
                 vec![msg.room.into(), int(msg.seq), int(msg.at), msg.text.into()],
             )?;
         }
+        let (seq_bound, at_bound) = sql::prune_bounds(msg.seq, msg.at, history);
         self.run(
-            "DELETE FROM history WHERE room = ? AND (seq <= ? OR at <= ?)",
-            vec![
-                msg.room.into(),
-                int(msg.seq.saturating_sub(history.max_messages as u64)),
-                int(msg.at.saturating_sub(history.max_age_ms)),
-            ],
+            sql::PRUNE_HISTORY,
+            vec![msg.room.into(), int(seq_bound), int(at_bound)],
         )
     }
 
     fn delete_room(&mut self, room: &str) -> std::result::Result<(), StoreError> {
-        self.run("DELETE FROM history WHERE room = ?", vec![room.into()])?;
-        self.run("DELETE FROM rooms WHERE name = ?", vec![room.into()])
+        self.run(sql::CLEAR_HISTORY, vec![room.into()])?;
+        self.run(sql::DELETE_ROOM, vec![room.into()])
     }
 
     fn load_rooms(&mut self) -> std::result::Result<Vec<RoomSnapshot>, StoreError> {
         let rooms: Vec<RoomRow> = self
             .0
-            .exec("SELECT name, epoch, seq FROM rooms", None)
+            .exec(sql::LOAD_ROOMS, None)
             .and_then(|c| c.to_array())
             .map_err(store_err)?;
         let rows: Vec<HistoryRow> = self
             .0
-            .exec(
-                "SELECT room, seq, at, text FROM history ORDER BY room, seq",
-                None,
-            )
+            .exec(sql::LOAD_HISTORY, None)
             .and_then(|c| c.to_array())
             .map_err(store_err)?;
         let mut history: BTreeMap<String, Vec<HistorySnapshot>> = BTreeMap::new();
@@ -328,22 +313,19 @@ impl Store for SqlStore {
 
     fn save_conn(&mut self, conn: ConnId, snapshot: &str) -> std::result::Result<(), StoreError> {
         self.run(
-            "INSERT OR REPLACE INTO conns (id, snapshot) VALUES (?, ?)",
+            sql::SAVE_CONN,
             vec![conn.as_u64().to_string().into(), snapshot.into()],
         )
     }
 
     fn delete_conn(&mut self, conn: ConnId) -> std::result::Result<(), StoreError> {
-        self.run(
-            "DELETE FROM conns WHERE id = ?",
-            vec![conn.as_u64().to_string().into()],
-        )
+        self.run(sql::DELETE_CONN, vec![conn.as_u64().to_string().into()])
     }
 
     fn load_conns(&mut self) -> std::result::Result<Vec<(ConnId, String)>, StoreError> {
         let rows: Vec<ConnRow> = self
             .0
-            .exec("SELECT id, snapshot FROM conns", None)
+            .exec(sql::LOAD_CONNS, None)
             .and_then(|c| c.to_array())
             .map_err(store_err)?;
         Ok(rows

@@ -23,6 +23,13 @@ pub struct SimConfig {
     pub steps: usize,
     /// Per-room history on.
     pub history: bool,
+    /// Bytes of history kept across rooms (small: the budget evicts too).
+    pub history_budget: usize,
+    /// Rejoins with `since`/`epoch` among the steps (recovery checked against a model).
+    pub recovery: bool,
+    /// The hub's budget of unsent bytes per connection (small: slow readers are closed
+    /// soon; a rejoin's replay past it closes the rejoiner too).
+    pub max_buffered: usize,
 }
 
 impl Default for SimConfig {
@@ -32,6 +39,9 @@ impl Default for SimConfig {
             rooms: 6,
             steps: 250,
             history: false,
+            history_budget: 6_000,
+            recovery: true,
+            max_buffered: 1_500,
         }
     }
 }
@@ -40,6 +50,9 @@ const INTERVAL: u64 = 1_000;
 const MAX_MISSED: u32 = 2;
 const CHANNELS: [&str; 3] = ["alerts", "news", "topic"];
 const USERS: [&str; 4] = ["ann", "bob", "cy", "dee"];
+/// History kept per room when on, and for how long.
+const HISTORY_MESSAGES: u64 = 50;
+const HISTORY_AGE: u64 = 20_000;
 
 #[derive(Debug)]
 struct Peer {
@@ -57,6 +70,18 @@ struct Peer {
     closed: bool,
     /// Channel/user message ids received.
     got: BTreeSet<u64>,
+    /// Its `conn` from the welcome.
+    wire: String,
+    /// Rooms it joined with `presence: true`.
+    presence: BTreeSet<String>,
+    /// Room → the members it knows of: the join ack's `present` list, then every
+    /// `presence` message applied (only where the list was complete, under the cap).
+    views: BTreeMap<String, BTreeSet<String>>,
+    /// The last ack it received.
+    last_ack: Option<Value>,
+    /// A room it is rejoining: room messages for it are collected in `replayed`.
+    recovering: Option<String>,
+    replayed: Vec<u64>,
 }
 
 /// What a run exercised, so a test can prove the simulation reached every path.
@@ -76,6 +101,21 @@ pub struct SimReport {
     pub slow_closes: u64,
     /// Coalesced room bursts delivered.
     pub bursts: u64,
+    /// Presence entries (joined or left) checked.
+    pub presence_entries: u64,
+    /// Presence views compared with the model's membership at the end.
+    pub presence_views: u64,
+    /// Rejoins with `since`/`epoch` that were `recovered: true`.
+    pub recovered: u64,
+    /// Rejoins with `since`/`epoch` that were `recovered: false`.
+    pub not_recovered: u64,
+    /// Room messages replayed by rejoins.
+    pub replayed: u64,
+    /// Rejoins that had to recover (same epoch, history holding all) and did.
+    pub must_recover: u64,
+    /// Rejoins whose messages had surely left the history (count or age) and were not
+    /// recovered.
+    pub must_not_recover: u64,
 }
 
 impl SimReport {
@@ -88,6 +128,13 @@ impl SimReport {
         self.heartbeat_reaps += o.heartbeat_reaps;
         self.slow_closes += o.slow_closes;
         self.bursts += o.bursts;
+        self.presence_entries += o.presence_entries;
+        self.presence_views += o.presence_views;
+        self.recovered += o.recovered;
+        self.not_recovered += o.not_recovered;
+        self.replayed += o.replayed;
+        self.must_recover += o.must_recover;
+        self.must_not_recover += o.must_not_recover;
     }
 }
 
@@ -108,6 +155,10 @@ struct Sim {
     max_buffered: usize,
     /// Room messages coalesced (odd seeds).
     coalesce: bool,
+    /// A peer's `conn` → the peer.
+    by_wire: HashMap<String, usize>,
+    history: bool,
+    recovery: bool,
 }
 
 fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
@@ -119,7 +170,7 @@ impl Sim {
         let mut rng = Rng::from_u64(seed);
         let mut hub_seed = [0u8; 32];
         rng.fill(&mut hub_seed);
-        let max_buffered = 1500;
+        let max_buffered = cfg.max_buffered;
         let config = HubConfig {
             heartbeat: HeartbeatConfig {
                 interval_ms: INTERVAL,
@@ -128,10 +179,13 @@ impl Sim {
                 server_pings: true,
             },
             history: HistoryConfig {
-                max_messages: if cfg.history { 50 } else { 0 },
-                max_age_ms: 20_000,
-                // below what 50 messages in every room take: the budget evicts too
-                max_total_bytes: 6_000,
+                max_messages: if cfg.history {
+                    HISTORY_MESSAGES as usize
+                } else {
+                    0
+                },
+                max_age_ms: HISTORY_AGE,
+                max_total_bytes: cfg.history_budget,
             },
             max_buffered_bytes: max_buffered,
             coalesce_room_messages: seed % 2 == 1,
@@ -157,6 +211,9 @@ impl Sim {
             room_seq: HashMap::default(),
             max_buffered,
             coalesce: seed % 2 == 1,
+            by_wire: HashMap::default(),
+            history: cfg.history,
+            recovery: cfg.recovery,
         }
     }
 
@@ -241,7 +298,12 @@ impl Sim {
                     assert!(!peer.closed);
                     match (code, reason.as_ref()) {
                         (1008, "slow consumer") => {
-                            assert!(peer.slow, "fast peer closed as slow");
+                            // A rejoin's replay is queued at once: past the (tiny) budget
+                            // it closes even a fast reader.
+                            assert!(
+                                peer.slow || peer.recovering.is_some(),
+                                "fast peer closed as slow"
+                            );
                             self.report.slow_closes += 1;
                         }
                         (1001, "heartbeat timeout") => {
@@ -255,6 +317,8 @@ impl Sim {
                     peer.closed = true;
                     peer.rooms.clear();
                     peer.subs.clear();
+                    peer.presence.clear();
+                    peer.views.clear();
                     // the adapter reports the socket gone right away
                     self.hub
                         .handle_disconnect(
@@ -278,6 +342,13 @@ impl Sim {
             "message" => {
                 if let Some(room) = v["room"].as_str() {
                     let seq = v["seq"].as_u64().expect("room messages carry seq");
+                    let peer = &mut self.peers[p];
+                    if peer.recovering.as_deref() == Some(room) && !peer.rooms.contains_key(room) {
+                        // replayed before the rejoin's ack
+                        peer.replayed.push(seq);
+                        self.report.replayed += 1;
+                        return;
+                    }
                     let next = self.peers[p].rooms.get_mut(room).unwrap_or_else(|| {
                         panic!("peer {p} got a message for {room} it is not in")
                     });
@@ -298,11 +369,311 @@ impl Sim {
                     self.report.targeted_deliveries += 1;
                 }
             }
-            "presence" => self.report.presence += 1,
+            "presence" => self.presence(p, v),
             "error" => self.report.errors += 1,
-            "ack" | "pong" | "welcome" => {}
+            "welcome" => {
+                let wire = v["conn"].as_str().expect("welcome has conn").to_owned();
+                assert!(
+                    self.by_wire.insert(wire.clone(), p).is_none(),
+                    "conn {wire} handed out twice"
+                );
+                self.peers[p].wire = wire;
+            }
+            "ack" => {
+                // A join's ack sets the presence state at once: presence messages may
+                // follow it in the same batch (say, a peer closed on the way).
+                if let (Some(room), true) = (v["room"].as_str(), v.get("epoch").is_some()) {
+                    let cap = self.hub.config().max_present_list as u64;
+                    let peer = &mut self.peers[p];
+                    match v.get("present").and_then(Value::as_array) {
+                        Some(list) => {
+                            peer.presence.insert(room.to_owned());
+                            if v["members"].as_u64().expect("members") <= cap {
+                                let view = list
+                                    .iter()
+                                    .map(|e| e["conn"].as_str().expect("conn").to_owned())
+                                    .collect();
+                                peer.views.insert(room.to_owned(), view);
+                            } else {
+                                peer.views.remove(room);
+                            }
+                        }
+                        None => {
+                            peer.presence.remove(room);
+                            peer.views.remove(room);
+                        }
+                    }
+                }
+                self.peers[p].last_ack = Some(v.clone());
+            }
+            "pong" => {}
             other => panic!("unknown message type {other}"),
         }
+    }
+
+    /// A `presence` message to peer `p`: only for a room it joined with presence, about
+    /// other connections that exist, with their users, none both joined and left; applied
+    /// to the peer's view of the room.
+    fn presence(&mut self, p: usize, v: &Value) {
+        self.report.presence += 1;
+        let room = v["room"].as_str().expect("presence has room").to_owned();
+        assert!(
+            self.peers[p].presence.contains(&room),
+            "peer {p} got presence for {room} without joining it with presence: {v}; \
+             its rooms {:?}, presence in {:?}, last ack {:?}, conn {}",
+            self.peers[p].rooms,
+            self.peers[p].presence,
+            self.peers[p].last_ack,
+            self.peers[p].wire
+        );
+        let mut seen = BTreeSet::new();
+        for (list, joined) in [("joined", true), ("left", false)] {
+            let Some(entries) = v.get(list) else { continue };
+            let entries = entries.as_array().expect("presence lists are arrays");
+            for e in entries {
+                let wire = e["conn"].as_str().expect("entry has conn").to_owned();
+                let &who = self
+                    .by_wire
+                    .get(&wire)
+                    .unwrap_or_else(|| panic!("presence names unknown conn {wire}: {v}"));
+                assert_ne!(who, p, "peer {p} told about itself: {v}");
+                assert_eq!(
+                    e["user"].as_str(),
+                    self.peers[who].user.as_deref(),
+                    "presence entry's user: {v}"
+                );
+                assert!(seen.insert(wire.clone()), "{wire} listed twice: {v}");
+                self.report.presence_entries += 1;
+                if let Some(view) = self.peers[p].views.get_mut(&room) {
+                    if joined {
+                        view.insert(wire);
+                    } else {
+                        view.remove(&wire);
+                    }
+                }
+            }
+        }
+        assert!(!seen.is_empty(), "empty presence message: {v}");
+    }
+
+    /// The live peers in `room`, by `conn`, as the model has them.
+    fn members(&self, room: &str) -> BTreeSet<String> {
+        self.peers
+            .iter()
+            .filter(|q| !q.closed && q.rooms.contains_key(room))
+            .map(|q| q.wire.clone())
+            .collect()
+    }
+
+    /// Checks a join's ack (`members`, `present`) against the membership before the
+    /// join (`before`, without the joiner) and after it (peers closed on the way, e.g. as
+    /// slow consumers, may or may not be counted), and sets the joiner's presence view.
+    fn check_join_ack(&mut self, p: usize, room: &str, presence: bool, before: &BTreeSet<String>) {
+        let ack = self.peers[p].last_ack.take().expect("join acked");
+        assert_eq!(ack["room"], room, "{ack}");
+        let me = self.peers[p].wire.clone();
+        let mut after = self.members(room);
+        after.remove(&me);
+        let mut with_me = before.clone();
+        with_me.insert(me.clone());
+        let members = ack["members"].as_u64().expect("members") as usize;
+        assert!(
+            members >= after.len() + 1 && members <= before.len() + 1,
+            "peer {p} join ack of {room}: {members} members, model {}..={}: {ack}",
+            after.len() + 1,
+            before.len() + 1
+        );
+        if !presence {
+            assert!(ack.get("present").is_none(), "{ack}");
+            return;
+        }
+        let present: Vec<String> = ack["present"]
+            .as_array()
+            .expect("present list with presence: true")
+            .iter()
+            .map(|e| {
+                let wire = e["conn"].as_str().expect("conn").to_owned();
+                let who = self.by_wire[&wire];
+                assert_eq!(e["user"].as_str(), self.peers[who].user.as_deref(), "{ack}");
+                wire
+            })
+            .collect();
+        let set: BTreeSet<String> = present.iter().cloned().collect();
+        assert_eq!(set.len(), present.len(), "duplicates in present: {ack}");
+        assert!(set.is_subset(&with_me), "present lists non-members: {ack}");
+        let cap = self.hub.config().max_present_list;
+        assert_eq!(
+            set.len(),
+            members.min(cap),
+            "present is capped at {cap}: {ack}"
+        );
+        if members <= cap {
+            assert!(
+                set.contains(&me),
+                "the joiner is in its own present list: {ack}"
+            );
+            after.insert(me);
+            assert!(after.is_subset(&set), "present misses members: {ack}");
+        }
+    }
+
+    /// Leaves a room and rejoins it with `since`/`epoch` (the same epoch, another one, or
+    /// none; a `since` past the end), while the room moves on (server messages, maybe past
+    /// the history's count) and time passes (maybe past its age). Checks the replay and
+    /// `recovered` against the protocol, and against the history limits where they decide.
+    fn rejoin(&mut self, p: usize) {
+        let rooms: Vec<String> = self.peers[p].rooms.keys().cloned().collect();
+        if rooms.is_empty() {
+            return;
+        }
+        let room = pick(&mut self.rng, &rooms).clone();
+        // Nothing held back for a burst: the peer has the room up to its seq.
+        self.hub.flush();
+        self.drain();
+        if self.peers[p].closed {
+            return;
+        }
+        let (epoch, seq) = {
+            let (e, s) = self.hub.room_position(&room).expect("member's room exists");
+            (e.to_owned(), s)
+        };
+        let since = self.peers[p].rooms[&room] - 1;
+        assert_eq!(since, seq, "peer {p} caught up in {room} before leaving");
+        let peer = &mut self.peers[p];
+        peer.presence.remove(&room);
+        peer.views.remove(&room);
+        self.text(p, json!({"type":"leave","room":room}));
+        self.peers[p].rooms.remove(&room);
+        if self.peers[p].closed {
+            return;
+        }
+        // The room moves on without the peer.
+        // Around the count limit: all kept at 50, the first one gone at 51 or 52.
+        let sent = match self.rng.below_or_eq(9) {
+            0 => HISTORY_MESSAGES + 1 + self.rng.below_or_eq(1),
+            1 => HISTORY_MESSAGES,
+            n => n % 5,
+        };
+        let mut published = 0;
+        for _ in 0..sent {
+            if self.hub.send_to_room(&room, "away", None, &[]).is_err() {
+                break; // the room is gone (history off, last member left)
+            }
+            published += 1;
+            self.drain();
+        }
+        let aged = if !self.peers[p].silent && self.rng.below_or_eq(3) == 0 {
+            let by = self.rng.below_or_eq(HISTORY_AGE + 5_000);
+            self.advance(by);
+            by
+        } else {
+            0
+        };
+        if self.peers[p].closed {
+            return;
+        }
+        let now_pos = self
+            .hub
+            .room_position(&room)
+            .map(|(e, s)| (e.to_owned(), s));
+        let variant = self.rng.below_or_eq(3);
+        let (req, same_epoch) = match variant {
+            0 => (
+                json!({"type":"join","room":room,"since":since,"epoch":epoch}),
+                true,
+            ),
+            1 => (
+                json!({"type":"join","room":room,"since":since,"epoch":"other"}),
+                false,
+            ),
+            2 => (json!({"type":"join","room":room,"since":since}), false),
+            _ => (
+                json!({"type":"join","room":room,"since":since + 1000,"epoch":epoch}),
+                true,
+            ),
+        };
+        let before = self.members(&room);
+        self.peers[p].recovering = Some(room.clone());
+        self.peers[p].replayed.clear();
+        self.peers[p].last_ack = None;
+        self.text(p, req);
+        self.peers[p].recovering = None;
+        if self.peers[p].closed {
+            return;
+        }
+        let ack = self.peers[p].last_ack.clone().expect("rejoin acked");
+        let replayed = std::mem::take(&mut self.peers[p].replayed);
+        let recovered = ack["recovered"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("a join with since/epoch says recovered: {ack}"));
+        let latest = ack["seq"].as_u64().expect("seq");
+        let ack_epoch = ack["epoch"].as_str().expect("epoch").to_owned();
+        match &now_pos {
+            Some((e, s)) => assert_eq!((&ack_epoch, latest), (e, *s), "{ack}"),
+            None => assert_eq!(latest, 0, "a room made anew starts at 0: {ack}"),
+        }
+        let same = same_epoch && ack_epoch == epoch;
+        if recovered {
+            self.report.recovered += 1;
+            assert!(
+                same && variant == 0,
+                "recovered only in the same epoch: {ack}"
+            );
+            let want: Vec<u64> = (since + 1..=latest).collect();
+            assert_eq!(
+                replayed, want,
+                "peer {p} recovering {room} from {since}: {ack}"
+            );
+        } else {
+            self.report.not_recovered += 1;
+            if same {
+                assert!(
+                    replayed.is_empty(),
+                    "replay without recovery: {replayed:?} {ack}"
+                );
+            } else {
+                // another epoch: the whole history if it reaches back to seq 1, or nothing
+                let whole: Vec<u64> = (1..=latest).collect();
+                assert!(
+                    replayed.is_empty() || replayed == whole,
+                    "other epoch replays all or nothing: {replayed:?} {ack}"
+                );
+            }
+        }
+        if variant == 0 && same && self.history {
+            let missed = latest - since;
+            if published == sent
+                && aged == 0
+                && missed <= HISTORY_MESSAGES
+                && self.hub.config().history.max_total_bytes > 100_000
+            {
+                // up to the count, just now, with bytes to spare: all kept
+                assert!(
+                    recovered,
+                    "peer {p} missed {missed} in {room} and was not recovered: {ack}"
+                );
+                self.report.must_recover += 1;
+            }
+            if missed > HISTORY_MESSAGES || (published > 0 && aged > HISTORY_AGE + 1_000) {
+                // past the count, or the missed ones are older than the age
+                assert!(
+                    !recovered,
+                    "peer {p} recovered past the history limits: {ack}"
+                );
+                self.report.must_not_recover += 1;
+            }
+        }
+        if variant == 3 {
+            assert!(
+                !recovered && replayed.is_empty(),
+                "since past the end: {ack}"
+            );
+        }
+        if !self.history {
+            assert!(replayed.is_empty(), "replay without history: {ack}");
+        }
+        self.check_join_ack(p, &room, false, &before);
+        self.peers[p].rooms.insert(room, latest + 1);
     }
 
     fn connect(&mut self) {
@@ -333,18 +704,33 @@ impl Sim {
             last_activity: self.now,
             closed: false,
             got: BTreeSet::new(),
+            wire: String::new(),
+            presence: BTreeSet::new(),
+            views: BTreeMap::new(),
+            last_ack: None,
+            recovering: None,
+            replayed: Vec::new(),
         });
         self.drain();
+        let p = self.peers.len() - 1;
+        assert!(!self.peers[p].wire.is_empty(), "welcome first");
     }
 
     fn join(&mut self, p: usize) {
         let room = pick(&mut self.rng, &self.room_names).clone();
         let presence = self.rng.below_or_eq(1) == 0;
         let already = self.peers[p].rooms.contains_key(&room);
+        let mut before = self.members(&room);
+        before.remove(&self.peers[p].wire.clone());
+        self.peers[p].last_ack = None;
         self.text(p, json!({"type":"join","room":room,"presence":presence}));
         if self.peers[p].closed {
             return;
         }
+        if self.peers[p].last_ack.is_none() {
+            return; // refused (e.g. too many rooms)
+        }
+        self.check_join_ack(p, &room, presence, &before);
         if !already {
             let seq = self.hub.room_position(&room).expect("joined room exists").1;
             self.peers[p].rooms.insert(room, seq + 1);
@@ -356,6 +742,9 @@ impl Sim {
             return;
         };
         // Messages held for a burst may still arrive while the leave is handled.
+        let peer = &mut self.peers[p];
+        peer.presence.remove(&room);
+        peer.views.remove(&room);
         self.text(p, json!({"type":"leave","room":room}));
         self.peers[p].rooms.remove(&room);
     }
@@ -477,6 +866,8 @@ impl Sim {
         peer.closed = true;
         peer.rooms.clear();
         peer.subs.clear();
+        peer.presence.clear();
+        peer.views.clear();
         self.hub
             .handle_disconnect(
                 Timestamp(self.now),
@@ -539,7 +930,9 @@ impl Sim {
         let Some(p) = self.random_live() else { return };
         match roll {
             0..=11 => self.join(p),
-            12..=29 => self.join(p),
+            12..=23 => self.join(p),
+            24..=29 if self.recovery => self.rejoin(p),
+            24..=29 => self.join(p),
             30..=37 => self.leave(p),
             38..=59 => self.publish_room(p),
             60..=67 => self.publish_channel(p),
@@ -572,6 +965,22 @@ impl Sim {
                 assert_eq!(*next, seq + 1, "peer {i} in {room} is missing messages");
             }
         }
+        // every presence view matches the room's membership
+        let mut views = 0;
+        for (i, peer) in self.peers.iter().enumerate() {
+            if peer.closed {
+                continue;
+            }
+            for (room, view) in &peer.views {
+                assert_eq!(
+                    *view,
+                    self.members(room),
+                    "peer {i}'s presence view of {room}"
+                );
+                views += 1;
+            }
+        }
+        self.report.presence_views += views;
         for p in self.live() {
             // Disconnecting one may get another closed as slow on the way (its room's
             // held burst is flushed): it is gone already.

@@ -134,11 +134,19 @@ impl Server {
     }
 
     /// Like [`Server::start`] with another `--log` filter.
+    ///
+    /// `ROOMCAST_ADVERSARIAL_THREADS=N` (in the test's environment) adds `--threads N`
+    /// unless the test passes its own: `scripts/test.sh adversarial` runs some tests a
+    /// second time on one thread, the configuration of a one-core machine.
     pub fn start_logging(args: &[&str], log: &str) -> Server {
         let mut cmd = Command::new(roomcast_bin());
-        cmd.args(["--bind", "127.0.0.1:0", "--log", log])
-            .args(args)
-            .current_dir(std::env::temp_dir())
+        cmd.args(["--bind", "127.0.0.1:0", "--log", log]).args(args);
+        if let Some(n) = std::env::var_os("ROOMCAST_ADVERSARIAL_THREADS") {
+            if !args.contains(&"--threads") {
+                cmd.arg("--threads").arg(n);
+            }
+        }
+        cmd.current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -262,13 +270,16 @@ impl Server {
         body
     }
 
-    /// The sum of every sample of metric `name` (all label sets).
+    /// The sum of every sample of metric `name` (all label sets, or the one series
+    /// named); panics if the server does not export the metric at all.
     pub async fn metric(&self, name: &str) -> f64 {
-        metric_value(&self.metrics().await, name)
+        let body = self.metrics().await;
+        metric_value(&body, name)
+            .unwrap_or_else(|| panic!("the server exports no metric {name:?}; /metrics:\n{body}"))
     }
 
     /// Polls `/metrics` (every 20 ms, bounded by `within`) until `ok(value of name)`;
-    /// returns the last value and whether it got there.
+    /// returns the last value and whether it got there. Panics if the metric is missing.
     pub async fn wait_metric(
         &self,
         name: &str,
@@ -298,20 +309,41 @@ impl Drop for Server {
     }
 }
 
-/// The sum of every sample of metric `name` in a Prometheus text body.
-pub fn metric_value(body: &str, name: &str) -> f64 {
-    body.lines()
+/// The sum of every sample of metric `name` in a Prometheus text body: a plain name
+/// (`roomcast_sockets`: every label set) or one series (`roomcast_closes_total{code="1008"}`).
+///
+/// `None` if the body does not declare the metric at all (no `# TYPE` line for its name):
+/// a renamed or removed metric must not read as zero. A declared metric with no sample for
+/// the series asked for is 0 (a labelled counter appears at its first increment).
+pub fn metric_value(body: &str, name: &str) -> Option<f64> {
+    let family = name.split_once('{').map_or(name, |(f, _)| f);
+    let declared = body.lines().any(|l| {
+        l.strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_whitespace().next())
+            == Some(family)
+    });
+    if !declared {
+        return None;
+    }
+    let sum = body
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let rest = l.strip_prefix(name)?;
-            let value = if rest.starts_with('{') {
+            let value = if rest.starts_with('{') && !name.contains('{') {
                 rest.rsplit_once(' ')?.1
             } else {
                 rest.strip_prefix(' ')?
             };
-            value.trim().parse::<f64>().ok()
+            Some(
+                value
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap_or_else(|e| panic!("metric line {l:?}: value not a number ({e})")),
+            )
         })
-        .sum()
+        .sum();
+    Some(sum)
 }
 
 /// VmRSS of process `pid` in KiB (0 if it is gone).
@@ -484,5 +516,36 @@ impl RssSampler {
 impl Drop for RssSampler {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    const BODY: &str =
+        "# HELP roomcast_sockets x\n# TYPE roomcast_sockets gauge\nroomcast_sockets 3\n\
+        # HELP roomcast_closes_total y\n# TYPE roomcast_closes_total counter\n\
+        roomcast_closes_total{code=\"1000\"} 2\nroomcast_closes_total{code=\"1008\"} 1\n\
+        # HELP roomcast_rooms z\n# TYPE roomcast_rooms gauge\nroomcast_rooms 0\n";
+
+    #[test]
+    fn metric_value_reads_series_and_refuses_missing_names() {
+        assert_eq!(metric_value(BODY, "roomcast_sockets"), Some(3.0));
+        assert_eq!(metric_value(BODY, "roomcast_rooms"), Some(0.0));
+        assert_eq!(metric_value(BODY, "roomcast_closes_total"), Some(3.0));
+        assert_eq!(
+            metric_value(BODY, "roomcast_closes_total{code=\"1008\"}"),
+            Some(1.0)
+        );
+        // A declared counter with no sample for that label set yet.
+        assert_eq!(
+            metric_value(BODY, "roomcast_closes_total{code=\"1011\"}"),
+            Some(0.0)
+        );
+        // Not exported at all, or a prefix of another name: missing, not zero.
+        assert_eq!(metric_value(BODY, "roomcast_socket"), None);
+        assert_eq!(metric_value(BODY, "roomcast_connections"), None);
+        assert_eq!(metric_value(BODY, "roomcast_sockets_total"), None);
     }
 }

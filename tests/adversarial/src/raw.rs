@@ -83,8 +83,11 @@ pub enum ReadEnd {
 pub enum Ending {
     /// A close frame with this code and reason (None: empty close payload).
     Close(Option<(u16, String)>),
-    /// The TCP connection ended without a close frame.
+    /// The TCP connection ended without a close frame (EOF, reset, or junk: never a
+    /// timeout).
     Dropped(ReadEnd),
+    /// Neither: the connection was still open, silent, at the deadline.
+    StillOpen,
 }
 
 impl Ending {
@@ -380,13 +383,15 @@ impl RawReader {
     }
 
     /// Reads (and discards) frames until the server's close frame or the end of the
-    /// connection, waiting at most `within` in all.
+    /// connection, waiting at most `within` in all; [`Ending::StillOpen`] if neither
+    /// came by then.
     pub async fn ending(&mut self, within: Duration) -> Ending {
         let deadline = Instant::now() + within;
         loop {
             match self.read_frame_until(deadline).await {
                 Ok(f) if f.opcode == CLOSE => return Ending::Close(f.close_code()),
                 Ok(_) => continue,
+                Err(ReadEnd::Timeout) => return Ending::StillOpen,
                 Err(e) => return Ending::Dropped(e),
             }
         }

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use roomcast_adversarial::raw::{Ending, RawWs, PING, TEXT};
+use roomcast_adversarial::raw::{Ending, RawWs, ReadEnd, PING, TEXT};
 use roomcast_adversarial::{ws, Server, WAIT};
 use serde_json::json;
 
@@ -125,9 +125,11 @@ async fn heartbeat_reaps_vanished_peers_in_the_configured_time() {
                     break Ending::Close(f.close_code())
                 }
                 Ok(_) => {}
+                Err(ReadEnd::Timeout) => break Ending::StillOpen,
                 Err(e) => break Ending::Dropped(e),
             }
         };
+        assert_ne!(end, Ending::StillOpen, "a reaped peer is still connected");
         *endings.entry(format!("{end:?}")).or_default() += 1;
         if let Some(code) = end.code() {
             assert_eq!(code, 1001, "{end:?}");

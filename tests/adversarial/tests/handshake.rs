@@ -165,9 +165,11 @@ async fn dribbled_and_unfinished_heads_are_dropped_in_bounded_time_and_memory() 
         "with 300 slow handshakes pending: two clients connected and chatted in {took:?}; \
          server fds {base_fds} -> {mid_fds}, RSS {base_rss} KiB -> {mid_rss} KiB"
     );
+    // Served while the slow ones are still pending (before the header timeout would
+    // free their places), not queued behind them; how fast is reported above.
     assert!(
-        took < Duration::from_secs(2),
-        "normal clients delayed: {took:?}"
+        took < HEADER_TIMEOUT,
+        "normal clients waited for the slow handshakes to time out: {took:?}"
     );
 
     let mut report = Vec::new();
@@ -400,11 +402,14 @@ async fn big_unfinished_heads_cost_bounded_memory() {
          held, dropped by {worst:?}; server RSS {base_rss} KiB -> peak {peak} KiB ({per_conn} \
          KiB per pending handshake); normal clients got through meanwhile in {took:?}"
     );
-    assert!(worst_big < Duration::from_secs(2), "431 took {worst_big:?}");
+    // Refused on the spot, not after the header timeout (the speed is reported above).
+    assert!(worst_big < HEADER_TIMEOUT, "431 took {worst_big:?}");
     assert!(per_conn <= 256, "{per_conn} KiB per pending handshake");
+    // Served while the slow ones are still pending (before the header timeout would
+    // free their places), not queued behind them; how fast is reported above.
     assert!(
-        took < Duration::from_secs(2),
-        "normal clients delayed: {took:?}"
+        took < HEADER_TIMEOUT,
+        "normal clients waited for the slow handshakes to time out: {took:?}"
     );
     server.assert_no_panic();
 }
@@ -483,7 +488,8 @@ async fn pending_handshakes_are_bounded_in_number() {
             if i % 2 == 0 {
                 let _ = s.write_all(req.as_bytes()).await;
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            // Held ones would wait for the 60 s handshake timeout: WAIT tells them apart.
+            let deadline = tokio::time::Instant::now() + WAIT;
             until_closed(&mut s, deadline)
                 .await
                 .map(|r| (r, start.elapsed()))
@@ -499,7 +505,8 @@ async fn pending_handshakes_are_bounded_in_number() {
         worst = worst.max(after);
     }
     let refused_in = t.elapsed();
-    assert!(worst < Duration::from_secs(2), "refused after {worst:?}");
+    // Each was refused rather than held (the deadline above); how fast is reported.
+    println!("excess connections refused within {worst:?}");
     // A well-behaved client too.
     let err = ws::try_connect_from("127.0.0.1".parse().unwrap(), server.addr, "/ws")
         .await

@@ -71,6 +71,13 @@ async fn connection_slots_are_freed_by_peers_that_vanish_and_refusals_leak_nothi
     let mut a = RawWs::welcomed(server.addr, "/ws").await;
     let b = RawWs::welcomed(server.addr, "/ws").await;
     let c = RawWs::welcomed(server.addr, "/ws").await;
+    // The gauges count them (a gauge stuck at zero would pass every "released" check below).
+    for gauge in ["roomcast_sockets", "roomcast_connections"] {
+        server
+            .wait_metric(gauge, WAIT, |v| v == 3.0)
+            .await
+            .unwrap_or_else(|v| panic!("{gauge} is {v} with 3 peers connected"));
+    }
     // 300 refused upgrades in a row: each 503, nothing kept.
     for _ in 0..300 {
         assert_eq!(upgrade_status(&server, "").await, Some(503));

@@ -151,6 +151,9 @@ async fn sigterm_under_load_closes_everyone_1001_and_exits_0() {
         stalled_endings.push(match end {
             Ending::Close(_) => "close 1001",
             Ending::Dropped(_) => "dropped",
+            Ending::StillOpen => {
+                panic!("a stalled member was still connected {WAIT:?} after the exit")
+            }
         });
     }
     println!(

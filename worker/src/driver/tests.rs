@@ -1,5 +1,6 @@
-//! The driver against in-memory sockets and storage, with evictions simulated by
-//! dropping the driver and restoring from what the platform would have kept.
+//! The driver against in-memory sockets and the product's storage SQL on an in-memory
+//! SQLite, with evictions simulated by dropping the driver and restoring from what the
+//! platform would have kept.
 
 use std::collections::BTreeMap;
 
@@ -74,18 +75,92 @@ impl FakeSockets {
     }
 }
 
-/// Storage with the semantics the SQLite store implements.
-#[derive(Debug, Default)]
-struct MemStore {
-    rooms: BTreeMap<String, (String, u64)>,
-    history: BTreeMap<(String, u64), (u64, String)>,
-    conns: BTreeMap<ConnId, String>,
+// The statements edge.rs runs on workerd's SQLite (the same file, not a copy).
+#[path = "../sql.rs"]
+mod sql;
+
+/// The product's storage statements on an in-memory SQLite: what edge.rs's `SqlStore`
+/// does on workerd, with rusqlite in place of the `SqlStorage` binding (arguments bound
+/// the same way, integers as i64).
+struct SqliteStore(rusqlite::Connection);
+
+type Rows<T> = Result<Vec<T>, rusqlite::Error>;
+
+impl Default for SqliteStore {
+    fn default() -> Self {
+        let db = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
+        for q in sql::SCHEMA {
+            db.execute(q, []).expect("schema");
+        }
+        SqliteStore(db)
+    }
 }
 
-impl Store for MemStore {
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("rooms", &self.rooms())
+            .field("history", &self.history())
+            .finish()
+    }
+}
+
+fn int(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl SqliteStore {
+    fn run(&self, q: &str, args: impl rusqlite::Params) -> Result<(), StoreError> {
+        self.0.execute(q, args).map(drop).map_err(sql_err)
+    }
+
+    /// Room → (epoch, seq), as stored.
+    fn rooms(&self) -> BTreeMap<String, (String, u64)> {
+        let mut st = self.0.prepare(sql::LOAD_ROOMS).unwrap();
+        let rows: Rows<(String, String, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect();
+        rows.unwrap()
+            .into_iter()
+            .map(|(n, e, s)| (n, (e, s as u64)))
+            .collect()
+    }
+
+    /// (room, seq) → (at, text), as stored.
+    fn history(&self) -> BTreeMap<(String, u64), (u64, String)> {
+        let mut st = self.0.prepare(sql::LOAD_HISTORY).unwrap();
+        let rows: Rows<(String, i64, i64, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect();
+        rows.unwrap()
+            .into_iter()
+            .map(|(room, seq, at, text)| ((room, seq as u64), (at as u64, text)))
+            .collect()
+    }
+
+    /// Stored snapshots.
+    fn conns(&self) -> BTreeMap<ConnId, String> {
+        let mut st = self.0.prepare(sql::LOAD_CONNS).unwrap();
+        let rows: Rows<(String, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect();
+        rows.unwrap()
+            .into_iter()
+            .map(|(id, snap)| (ConnId::from_u64(id.parse().unwrap()), snap))
+            .collect()
+    }
+}
+
+impl Store for SqliteStore {
     fn save_room(&mut self, room: &str, epoch: &str, seq: u64) -> Result<(), StoreError> {
-        self.rooms.insert(room.to_owned(), (epoch.to_owned(), seq));
-        Ok(())
+        self.run(sql::SAVE_ROOM, rusqlite::params![room, epoch, int(seq)])
     }
     fn save_message(
         &mut self,
@@ -93,61 +168,58 @@ impl Store for MemStore {
         history: &HistoryConfig,
     ) -> Result<(), StoreError> {
         if msg.seq == 1 {
-            self.history.retain(|(r, _), _| r != msg.room);
+            self.run(sql::CLEAR_HISTORY, [msg.room])?;
         }
-        self.rooms
-            .insert(msg.room.to_owned(), (msg.epoch.to_owned(), msg.seq));
+        self.save_room(msg.room, msg.epoch, msg.seq)?;
         if history.max_messages > 0 {
-            self.history.insert(
-                (msg.room.to_owned(), msg.seq),
-                (msg.at, msg.text.to_owned()),
-            );
+            self.run(
+                sql::SAVE_MESSAGE,
+                rusqlite::params![msg.room, int(msg.seq), int(msg.at), msg.text],
+            )?;
         }
-        let min_seq = msg.seq.saturating_sub(history.max_messages as u64);
-        self.history.retain(|(r, s), (at, _)| {
-            r != msg.room || (*s > min_seq && at.saturating_add(history.max_age_ms) > msg.at)
-        });
-        Ok(())
+        let (seq_bound, at_bound) = sql::prune_bounds(msg.seq, msg.at, history);
+        self.run(
+            sql::PRUNE_HISTORY,
+            rusqlite::params![msg.room, int(seq_bound), int(at_bound)],
+        )
     }
     fn delete_room(&mut self, room: &str) -> Result<(), StoreError> {
-        self.rooms.remove(room);
-        self.history.retain(|(r, _), _| r != room);
-        Ok(())
+        self.run(sql::CLEAR_HISTORY, [room])?;
+        self.run(sql::DELETE_ROOM, [room])
     }
     fn load_rooms(&mut self) -> Result<Vec<RoomSnapshot>, StoreError> {
+        let mut history: BTreeMap<String, Vec<HistorySnapshot>> = BTreeMap::new();
+        for ((room, seq), (at, text)) in self.history() {
+            history
+                .entry(room)
+                .or_default()
+                .push(HistorySnapshot { seq, at, text });
+        }
         Ok(self
-            .rooms
-            .iter()
+            .rooms()
+            .into_iter()
             .map(|(name, (epoch, seq))| RoomSnapshot {
-                name: name.clone(),
-                epoch: epoch.clone(),
-                seq: *seq,
+                history: history.remove(&name).unwrap_or_default(),
+                name,
+                epoch,
+                seq,
                 persistent: false,
                 max_members: None,
                 data: None,
-                history: self
-                    .history
-                    .iter()
-                    .filter(|((r, _), _)| r == name)
-                    .map(|((_, s), (at, text))| HistorySnapshot {
-                        seq: *s,
-                        at: *at,
-                        text: text.clone(),
-                    })
-                    .collect(),
             })
             .collect())
     }
     fn save_conn(&mut self, conn: ConnId, snapshot: &str) -> Result<(), StoreError> {
-        self.conns.insert(conn, snapshot.to_owned());
-        Ok(())
+        self.run(
+            sql::SAVE_CONN,
+            rusqlite::params![conn.as_u64().to_string(), snapshot],
+        )
     }
     fn delete_conn(&mut self, conn: ConnId) -> Result<(), StoreError> {
-        self.conns.remove(&conn);
-        Ok(())
+        self.run(sql::DELETE_CONN, [conn.as_u64().to_string()])
     }
     fn load_conns(&mut self) -> Result<Vec<(ConnId, String)>, StoreError> {
-        Ok(self.conns.iter().map(|(k, v)| (*k, v.clone())).collect())
+        Ok(self.conns().into_iter().collect())
     }
 }
 
@@ -156,7 +228,7 @@ struct Object {
     config: HubConfig,
     driver: Option<Driver>,
     sockets: FakeSockets,
-    store: MemStore,
+    store: SqliteStore,
     now: u64,
     seeds: u8,
 }
@@ -167,7 +239,7 @@ impl Object {
             config,
             driver: None,
             sockets: FakeSockets::default(),
-            store: MemStore::default(),
+            store: SqliteStore::default(),
             now: 1_000_000,
             seeds: 0,
         }
@@ -277,7 +349,10 @@ fn rooms_users_and_seq_survive_an_eviction() {
     let r = o.send(a, json!({"type":"publish","room":"r","event":"e","data":1}));
     assert_eq!(ack(&r)["seq"], 1);
     assert_eq!(o.sockets.take(b)[0]["seq"], 1);
-    assert_eq!(o.store.rooms["r"], (epoch.as_str().unwrap().to_owned(), 1));
+    assert_eq!(
+        o.store.rooms()["r"],
+        (epoch.as_str().unwrap().to_owned(), 1)
+    );
 
     o.evict();
     o.advance(30_000);
@@ -335,17 +410,87 @@ fn history_in_storage_follows_the_hub_limits() {
         o.send(a, json!({"type":"publish","room":"r","event":"e","data":i}));
         o.advance(1);
     }
-    let kept: Vec<u64> = o.store.history.keys().map(|(_, s)| *s).collect();
+    let kept: Vec<u64> = o.store.history().keys().map(|(_, s)| *s).collect();
     assert_eq!(kept, vec![3, 4, 5]);
-    assert_eq!(o.store.rooms["r"].1, 5);
+    assert_eq!(o.store.rooms()["r"].1, 5);
     o.evict();
     let b = o.connect(None);
-    let epoch = o.store.rooms["r"].0.clone();
+    let epoch = o.store.rooms()["r"].0.clone();
     let r = o.send(b, json!({"type":"join","room":"r","since":2,"epoch":epoch}));
     assert_eq!(r.len(), 4, "{r:?}");
     assert_eq!(ack(&r)["recovered"], true);
     let r = o.send(b, json!({"type":"join","room":"r2","since":1,"epoch":"x"}));
     assert_eq!(ack(&r)["recovered"], false);
+}
+
+/// The storage SQL itself (sql.rs, as edge.rs runs it): publishing past the count limit
+/// and then past the age limit (a message exactly at the age bound goes), the rows kept
+/// are exactly the hub's history, and after an eviction recovery works from them alone.
+#[test]
+fn stored_history_is_trimmed_by_count_and_age_and_recovers_after_an_eviction() {
+    let mut config = history_config(4);
+    config.history.max_age_ms = 10_000;
+    let mut o = Object::new(config);
+    let a = o.connect(None);
+    let b = o.connect(None);
+    let epoch = ack(&o.send(a, json!({"type":"join","room":"r"})))["epoch"].clone();
+    o.send(b, json!({"type":"join","room":"r"}));
+    let t0 = o.now;
+    let rows = |o: &Object| -> Vec<(u64, u64)> {
+        o.store
+            .history()
+            .iter()
+            .map(|((room, seq), (at, _))| {
+                assert_eq!(room, "r");
+                (*seq, *at - t0)
+            })
+            .collect()
+    };
+    // Six messages a second apart: the count limit keeps the last four.
+    for i in 1..=6 {
+        let r = o.send(a, json!({"type":"publish","room":"r","event":"e","data":i}));
+        assert_eq!(ack(&r)["seq"], i);
+        o.advance(1_000);
+    }
+    assert_eq!(rows(&o), [(3, 2_000), (4, 3_000), (5, 4_000), (6, 5_000)]);
+    // The seventh 10 s after the fourth: the age limit drops 3 and 4 (4 is exactly at it).
+    o.now = t0 + 3_000 + 10_000;
+    let r = o.send(a, json!({"type":"publish","room":"r","event":"e","data":7}));
+    assert_eq!(ack(&r)["seq"], 7);
+    assert_eq!(rows(&o), [(5, 4_000), (6, 5_000), (7, 13_000)]);
+    assert_eq!(
+        o.store.rooms()["r"],
+        (epoch.as_str().unwrap().to_owned(), 7)
+    );
+    o.sockets.take(b);
+
+    // Evicted: the hub comes back from those rows only.
+    o.evict();
+    let c = o.connect(None);
+    let r = o.send(c, json!({"type":"join","room":"r","since":4,"epoch":epoch}));
+    let seqs: Vec<&Value> = r
+        .iter()
+        .filter(|m| m["type"] == "message")
+        .map(|m| &m["seq"])
+        .collect();
+    assert_eq!(seqs, [5, 6, 7], "{r:?}");
+    assert_eq!(ack(&r)["recovered"], true, "{r:?}");
+    assert_eq!(ack(&r)["seq"], 7);
+    // Message 4 is gone: recovering from 3 cannot be complete, and replays nothing.
+    let d = o.connect(None);
+    let r = o.send(d, json!({"type":"join","room":"r","since":3,"epoch":epoch}));
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(ack(&r)["recovered"], false);
+    // Without the epoch, nothing either: the history no longer reaches back to seq 1.
+    let e = o.connect(None);
+    let r = o.send(e, json!({"type":"join","room":"r","since":0}));
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(ack(&r)["recovered"], false);
+    // The next message continues the epoch, and storage keeps trimming.
+    o.advance(500);
+    let r = o.send(c, json!({"type":"publish","room":"r","event":"e","data":8}));
+    assert_eq!(ack(&r)["seq"], 8);
+    assert_eq!(rows(&o), [(5, 4_000), (6, 5_000), (7, 13_000), (8, 13_500)]);
 }
 
 #[test]
@@ -356,15 +501,15 @@ fn empty_room_expires_by_alarm_and_leaves_storage() {
     o.send(a, json!({"type":"publish","room":"r","event":"e"}));
     o.send(a, json!({"type":"leave","room":"r"}));
     // seq and history outlive the members for the history age
-    assert!(o.store.rooms.contains_key("r"));
+    assert!(o.store.rooms().contains_key("r"));
     let deadline = o.live().deadline().expect("expiry scheduled");
     assert_eq!(deadline.as_millis(), o.now + 60_000);
     o.now = deadline.as_millis();
     let now = Timestamp(o.now);
     o.live().timeout(now);
     o.flush();
-    assert!(o.store.rooms.is_empty(), "{:?}", o.store.rooms);
-    assert!(o.store.history.is_empty());
+    assert!(o.store.rooms().is_empty(), "{:?}", o.store.rooms());
+    assert!(o.store.history().is_empty());
     assert_eq!(o.live().deadline(), None);
 }
 
@@ -374,10 +519,10 @@ fn room_without_history_leaves_storage_with_its_last_member() {
     let a = o.connect(None);
     o.send(a, json!({"type":"join","room":"r"}));
     o.send(a, json!({"type":"publish","room":"r","event":"e"}));
-    assert_eq!(o.store.rooms["r"].1, 1);
-    assert!(o.store.history.is_empty());
+    assert_eq!(o.store.rooms()["r"].1, 1);
+    assert!(o.store.history().is_empty());
     o.send(a, json!({"type":"leave","room":"r"}));
-    assert!(o.store.rooms.is_empty());
+    assert!(o.store.rooms().is_empty());
 }
 
 #[test]
@@ -393,7 +538,7 @@ fn restore_drops_expired_rooms_and_keeps_recent_ones() {
     o.evict();
     // "old" is 80 s old (> 60 s), "new" 40 s
     let b = o.connect(None);
-    assert_eq!(o.store.rooms.keys().collect::<Vec<_>>(), vec!["new"]);
+    assert_eq!(o.store.rooms().keys().collect::<Vec<_>>(), vec!["new"]);
     let r = o.send(b, json!({"type":"join","room":"new"}));
     assert_eq!(ack(&r)["seq"], 1);
     let r = o.send(b, json!({"type":"join","room":"old"}));
@@ -415,7 +560,7 @@ fn large_snapshots_spill_to_storage_and_come_back() {
         o.sockets.map[&a].attachment.as_deref(),
         Some(attachment::SPILLED)
     );
-    assert!(o.store.conns.contains_key(&a));
+    assert!(o.store.conns().contains_key(&a));
     o.send(b, json!({"type":"join","room":rooms[29]}));
     o.evict();
     let r = o.send(b, json!({"type":"publish","room":rooms[29],"event":"e"}));
@@ -431,16 +576,16 @@ fn large_snapshots_spill_to_storage_and_come_back() {
         .as_deref()
         .unwrap()
         .starts_with('{'));
-    assert!(o.store.conns.is_empty());
+    assert!(o.store.conns().is_empty());
     // and a disconnect of a spilled connection deletes its row
     for r in &rooms[..25] {
         o.send(a, json!({"type":"join","room":r}));
     }
-    assert!(o.store.conns.contains_key(&a));
+    assert!(o.store.conns().contains_key(&a));
     let now = Timestamp(o.now);
     o.live().closed(now, a, 1000).unwrap();
     o.flush();
-    assert!(o.store.conns.is_empty());
+    assert!(o.store.conns().is_empty());
 }
 
 #[test]
@@ -475,7 +620,7 @@ fn hub_closed_sockets_are_not_restored() {
 
 #[test]
 fn unusable_sockets_are_reported_lost() {
-    let mut store = MemStore::default();
+    let mut store = SqliteStore::default();
     let good = ConnSnapshot {
         id: 5,
         wire: "w-5".into(),
@@ -506,7 +651,7 @@ fn unusable_sockets_are_reported_lost() {
             attachment: Some(good.to_json()),
         },
     ];
-    store.conns.insert(ConnId::from_u64(99), "{}".into());
+    store.save_conn(ConnId::from_u64(99), "{}").unwrap();
     let r = Driver::restore(history_config(1), [1; 32], Timestamp(0), &saved, &mut store);
     let lost: Vec<(usize, String)> = r.lost.iter().map(|(i, e)| (*i, format!("{e:?}"))).collect();
     assert_eq!(lost.len(), 4, "{lost:?}");
@@ -522,7 +667,7 @@ fn unusable_sockets_are_reported_lost() {
         vec![ConnId::from_u64(5)]
     );
     // the orphan row is gone
-    assert!(store.conns.is_empty());
+    assert!(store.conns().is_empty());
 }
 
 #[test]

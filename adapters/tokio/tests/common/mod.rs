@@ -25,13 +25,17 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The `roomcast` binary, killed when dropped.
+/// The `roomcast` binary, killed when dropped. Dropping it also fails the test if the
+/// server printed a panic message (a task that panics is not fatal to the runtime, so a
+/// test could otherwise pass over one).
 pub struct ServerProc {
     child: Child,
     pub addr: SocketAddr,
     /// Lines printed after the ready line (there must be none).
     stdout: std_mpsc::Receiver<String>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Collects stderr; yields the lines that report a panic.
+    stderr: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl ServerProc {
@@ -45,17 +49,27 @@ impl ServerProc {
             .current_dir(env!("CARGO_TARGET_TMPDIR"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(if log.is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(Stdio::piped());
         for (k, _) in std::env::vars() {
             if k.starts_with("ROOMCAST_") {
                 cmd.env_remove(k);
             }
         }
         let mut child = cmd.spawn().expect("spawn roomcast");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let echo = log.is_some();
+        let stderr = std::thread::spawn(move || {
+            let mut panics = Vec::new();
+            for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("{line}");
+                }
+                if line.contains("panicked at") {
+                    panics.push(line);
+                }
+            }
+            panics
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std_mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -80,6 +94,7 @@ impl ServerProc {
             addr,
             stdout: rx,
             reader: Some(reader),
+            stderr: Some(stderr),
         }
     }
 
@@ -124,10 +139,20 @@ impl Drop for ServerProc {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+        let panics = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         let extra: Vec<String> = self.stdout.try_iter().collect();
-        if !extra.is_empty() && !std::thread::panicking() {
-            panic!("roomcast printed more than the ready line on stdout: {extra:?}");
+        if std::thread::panicking() {
+            return;
         }
+        assert!(panics.is_empty(), "roomcast panicked: {panics:?}");
+        assert!(
+            extra.is_empty(),
+            "roomcast printed more than the ready line on stdout: {extra:?}"
+        );
     }
 }
 

@@ -519,9 +519,7 @@ async fn staller(ctx: Ctx, id: u64) {
         match p.ending(Duration::from_secs(20)).await {
             raw::Ending::Close(Some((1008, _))) => ctx.shared.staller_1008.fetch_add(1, Relaxed),
             raw::Ending::Close(_) => ctx.shared.staller_other_close.fetch_add(1, Relaxed),
-            raw::Ending::Dropped(raw::ReadEnd::Timeout) => {
-                ctx.shared.staller_still_open.fetch_add(1, Relaxed)
-            }
+            raw::Ending::StillOpen => ctx.shared.staller_still_open.fetch_add(1, Relaxed),
             raw::Ending::Dropped(_) => ctx.shared.staller_dropped.fetch_add(1, Relaxed),
         };
     }
@@ -760,7 +758,10 @@ async fn run(o: Options) -> bool {
     let end_rss = server.rss_kib();
     let end_fds = server.open_fds();
     let metrics = server.metrics().await;
-    let m = |name: &str| roomcast_adversarial::metric_value(&metrics, name);
+    let m = |name: &str| {
+        roomcast_adversarial::metric_value(&metrics, name)
+            .unwrap_or_else(|| panic!("the server exports no metric {name:?}"))
+    };
 
     let s = &shared;
     let violations = s.violation_count.load(Relaxed);
