@@ -556,7 +556,11 @@ impl Sim {
         };
         let mut published = 0;
         for _ in 0..sent {
-            if self.hub.send_to_room(&room, "away", None, &[]).is_err() {
+            if self
+                .hub
+                .send_to_room(Timestamp(self.now), &room, "away", None, &[])
+                .is_err()
+            {
                 break; // the room is gone (history off, last member left)
             }
             published += 1;
