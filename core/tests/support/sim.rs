@@ -477,7 +477,7 @@ impl Sim {
         with_me.insert(me.clone());
         let members = ack["members"].as_u64().expect("members") as usize;
         assert!(
-            members >= after.len() + 1 && members <= before.len() + 1,
+            members > after.len() && members <= before.len() + 1,
             "peer {p} join ack of {room}: {members} members, model {}..={}: {ack}",
             after.len() + 1,
             before.len() + 1
