@@ -224,14 +224,14 @@ stage_fuzz() {
 stage_adversarial() {
 	local out="$ARTIFACTS/adversarial.log" out1="$ARTIFACTS/adversarial-threads1.log" rc=0
 	bounded 900 cargo build -p roomcast-tokio --bin roomcast -p roomcast-adversarial --tests
-	ROOMCAST_ADVERSARIAL_NO_BUILD=1 bounded 300 cargo test -p roomcast-adversarial 2>&1 | tee "$out" || rc=$?
+	ROOMCAST_ADVERSARIAL_NO_BUILD=1 bounded 300 cargo test -p roomcast-adversarial --no-fail-fast 2>&1 | tee "$out" || rc=$?
 	count_cargo_log "$out"
 	# The tests that load the server's write path hardest, again on one thread (the
 	# current-thread runtime of a one-core machine: the hub task writes sockets itself,
 	# partial writes are handed back, flushed bytes are reported in lumps).
 	log "adversarial: slow consumers, floods and shutdown with roomcast --threads 1"
 	ROOMCAST_ADVERSARIAL_NO_BUILD=1 ROOMCAST_ADVERSARIAL_THREADS=1 bounded 300 \
-		cargo test -p roomcast-adversarial --test slow_consumer --test floods --test shutdown \
+		cargo test -p roomcast-adversarial --no-fail-fast --test slow_consumer --test floods --test shutdown \
 		2>&1 | tee "$out1" || rc=$?
 	count_cargo_log "$out1"
 	return "$rc"
