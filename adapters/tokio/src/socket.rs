@@ -415,6 +415,10 @@ async fn run<R, W>(
                 s.out.push(rest, true);
             }
             s.unreported.absorb(back.unreported);
+            // What the hub task wrote and held back joins this task's tally; report it
+            // once it is a lump, even if this task never writes itself (a reader whose
+            // replies all went out directly would otherwise look ever more behind).
+            s.report_flushed(0).await;
         }
         s.handle_events(read_bytes).await;
         read_bytes = false;
