@@ -423,11 +423,11 @@ async fn unsent_output_budget_from_flag() {
         .await
         .unwrap();
     assert_eq!(stalled.read_json(WAIT).await.unwrap()["type"], "ack");
-    let ending = tokio::spawn(async move { stalled.ending(Duration::from_secs(20)).await });
-    // Publish 8 KiB messages (b keeps reading) until the stalled member is closed:
-    // bounded by count.
+    // Publish 8 KiB messages (b keeps reading, the stalled member reads nothing) until
+    // the acks stop counting the stalled member: bounded by count.
     let mut sent = 0;
-    while !ending.is_finished() && sent < 2000 {
+    loop {
+        assert!(sent < 2000, "the stalled member still counted after {sent} messages");
         let r = ws::request(
             &mut a,
             json!({"type": "publish", "room": "r", "event": "e", "data": "s".repeat(8 * 1024), "id": 10 + sent}),
@@ -440,8 +440,14 @@ async fn unsent_output_budget_from_flag() {
             .expect("the reader keeps up");
         assert_eq!(m["event"], "e");
         sent += 1;
+        if r["delivered"] == 1 {
+            break;
+        }
+        assert_eq!(r["delivered"], 2, "{r}");
     }
-    let end = ending.await.unwrap();
+    assert_eq!(server.metric("roomcast_slow_consumer_closes_total").await, 1.0);
+    // Now it reads: its backlog, then the close frame.
+    let end = stalled.ending(Duration::from_secs(20)).await;
     assert_eq!(
         end,
         raw::Ending::Close(Some((1008, "slow consumer".to_owned()))),
