@@ -427,7 +427,10 @@ async fn unsent_output_budget_from_flag() {
     // the acks stop counting the stalled member: bounded by count.
     let mut sent = 0;
     loop {
-        assert!(sent < 2000, "the stalled member still counted after {sent} messages");
+        assert!(
+            sent < 2000,
+            "the stalled member still counted after {sent} messages"
+        );
         let r = ws::request(
             &mut a,
             json!({"type": "publish", "room": "r", "event": "e", "data": "s".repeat(8 * 1024), "id": 10 + sent}),
@@ -445,7 +448,10 @@ async fn unsent_output_budget_from_flag() {
         }
         assert_eq!(r["delivered"], 2, "{r}");
     }
-    assert_eq!(server.metric("roomcast_slow_consumer_closes_total").await, 1.0);
+    assert_eq!(
+        server.metric("roomcast_slow_consumer_closes_total").await,
+        1.0
+    );
     // Now it reads: its backlog, then the close frame.
     let end = stalled.ending(Duration::from_secs(20)).await;
     assert_eq!(
