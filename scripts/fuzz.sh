@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT/fuzz"
 
-TARGETS=(frame_decode handshake_request handshake_response connection_stream protocol_parse hub_ops)
+TARGETS=(frame_decode handshake_request handshake_response connection_stream protocol_parse hub_ops token_verify)
 
 ensure_tools() {
 	if ! rustup toolchain list | grep -q '^nightly'; then

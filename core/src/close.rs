@@ -33,6 +33,12 @@ pub mod code {
     pub const INTERNAL: u16 = 1011;
     /// The TLS handshake failed; reported locally, never sent.
     pub const TLS: u16 = 1015;
+    /// roomcast: a token refused, missing in time, or expired (get a fresh token, then
+    /// reconnect).
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// roomcast: forbidden: kicked by the server or the application, or its rights
+    /// revoked (do not reconnect on your own).
+    pub const FORBIDDEN: u16 = 4003;
 }
 
 /// Whether `code` may appear in a close frame on the wire.

@@ -374,6 +374,9 @@ pub enum RejectReason {
     ServerFull,
     /// The user id in the request is invalid (adapter/hub decision).
     BadUser,
+    /// The token in the request was refused (answered with 401; which fault is not
+    /// said, so a prober learns nothing).
+    Unauthorized,
 }
 
 impl RejectReason {
@@ -393,6 +396,7 @@ impl RejectReason {
             RejectReason::NotFound => "not found",
             RejectReason::ServerFull => "server full",
             RejectReason::BadUser => "invalid user",
+            RejectReason::Unauthorized => "unauthorized",
         }
     }
 
@@ -404,6 +408,7 @@ impl RejectReason {
             RejectReason::HeadersTooLarge => 431,
             RejectReason::NotFound => 404,
             RejectReason::ServerFull => 503,
+            RejectReason::Unauthorized => 401,
             _ => 400,
         }
     }

@@ -72,6 +72,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod close;
 pub mod connection;

@@ -118,6 +118,14 @@ pub enum Request<'a> {
         epoch: Option<Cow<'a, str>>,
         /// Whether to receive presence events.
         presence: bool,
+        /// A room token (private rooms).
+        token: Option<Cow<'a, str>>,
+    },
+    /// Present a token: the first message of a connection that did not bring one in
+    /// the URL, or a fresh token before the current one expires.
+    Auth {
+        /// The JWT.
+        token: Cow<'a, str>,
     },
     /// Leave a room.
     Leave {
@@ -188,6 +196,8 @@ struct RawRequest<'a> {
     epoch: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     presence: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 fn bad_request(msg: impl Into<Cow<'static, str>>) -> Rejection {
@@ -308,14 +318,19 @@ fn typed<'a>(raw: &RawRequest<'a>) -> Result<Request<'a>, Rejection> {
             };
             let epoch = raw.epoch.map(|r| string_field(r, "epoch")).transpose()?;
             let presence = optional_bool(raw.presence, "presence")?;
+            let token = raw.token.map(|r| string_field(r, "token")).transpose()?;
             check_name(&room, "room")?;
             Ok(Request::Join {
                 room,
                 since,
                 epoch,
                 presence,
+                token,
             })
         }
+        "auth" => Ok(Request::Auth {
+            token: required(raw.token, "token")?,
+        }),
         "leave" => {
             let room = required(raw.room, "room")?;
             check_name(&room, "room")?;
@@ -391,12 +406,17 @@ pub(crate) fn write_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// `{"conn":"…","user":…}`: how a connection is shown to others.
-pub(crate) fn write_peer(out: &mut Vec<u8>, conn: &str, user: Option<&str>) {
+/// `{"conn":"…","user":…}` (plus `"info":{…}` from a token): how a connection is shown
+/// to others.
+pub(crate) fn write_peer(out: &mut Vec<u8>, conn: &str, user: Option<&str>, info: Option<&str>) {
     out.extend_from_slice(b"{\"conn\":");
     write_str(out, conn);
     out.extend_from_slice(b",\"user\":");
     write_opt_str(out, user);
+    if let Some(info) = info {
+        out.extend_from_slice(b",\"info\":");
+        out.extend_from_slice(info.as_bytes());
+    }
     out.push(b'}');
 }
 

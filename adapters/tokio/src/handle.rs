@@ -89,8 +89,13 @@ impl Roomcast {
         let clock = Clock::new();
         // This task calls `Hub::flush` after every batch of commands, and the socket
         // tasks write frames themselves: room bursts can be coalesced.
+        // Tokens' `exp` is read on the hub's clock: anchor it to the wall time now.
+        let clock_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let hub_config = roomcast_core::hub::HubConfig {
             coalesce_room_messages: true,
+            clock_unix_ms,
             ..config.hub.clone()
         };
         let hub = Hub::new(hub_config, seed, clock.now());

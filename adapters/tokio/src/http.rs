@@ -174,12 +174,28 @@ impl Roomcast {
         {
             metadata.insert("user_agent".to_owned(), ua.chars().take(256).collect());
         }
-        let registered = match self.connect(ConnectRequest { user, metadata }).await {
+        // A token in the URL; checked by the hub before anything is admitted. (Request
+        // URLs are never logged, so it stays out of logs.)
+        let token = match core_req.query_param("token") {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return self.refuse(&Reject::new(401, RejectReason::Unauthorized)),
+        };
+        let request = ConnectRequest {
+            user,
+            token,
+            metadata,
+        };
+        let registered = match self.connect(request).await {
             Ok(r) => r,
             Err(refused) => {
                 let reject = match refused {
                     ConnectRefused::Hub(ConnectError::BadUser) => {
                         Reject::new(400, RejectReason::BadUser)
+                    }
+                    ConnectRefused::Hub(ConnectError::Unauthorized(e)) => {
+                        tracing::debug!(error = %e, "token refused at the upgrade");
+                        Reject::new(401, RejectReason::Unauthorized)
                     }
                     // Full, shutting down, stopped (and anything a later core refuses
                     // for): try again later.

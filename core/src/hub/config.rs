@@ -2,6 +2,9 @@
 
 use core::time::Duration;
 
+use std::sync::Arc;
+
+use crate::auth::Verifier;
 use crate::ratelimit::RateLimit;
 
 /// Liveness settings.
@@ -79,6 +82,10 @@ pub struct HubConfig {
     pub max_buffered_bytes: usize,
     /// Rooms one connection may be in.
     pub max_rooms_per_conn: usize,
+    /// Rooms the hub holds at once; a join that would create one more is refused
+    /// `too_many_rooms`. Without it the only bound is connections × the per-connection
+    /// limit: measured at ~950 B a room, a few anonymous clients can pin gigabytes.
+    pub max_rooms: Option<usize>,
     /// Channels one connection may subscribe to.
     pub max_subscriptions_per_conn: usize,
     /// Member limit for rooms without their own.
@@ -105,6 +112,13 @@ pub struct HubConfig {
     /// the same connection); what a burst does not keep is the interleaving of different
     /// rooms' messages within one batch, which the protocol does not promise.
     pub coalesce_room_messages: bool,
+    /// Signed tokens: `None` (or no keys) is the open default, where `?user=` is taken
+    /// at face value. Shared, because the keys are parsed once for every hub.
+    pub auth: Option<Arc<Verifier>>,
+    /// The Unix time, in milliseconds, at `Timestamp(0)` on the adapter's clock: how the
+    /// hub reads a token's `exp` on its own clock (0 when that clock is Unix time, as in
+    /// a Durable Object; natively the wall time when the clock started).
+    pub clock_unix_ms: u64,
 }
 
 impl HubConfig {
@@ -120,6 +134,7 @@ impl Default for HubConfig {
             max_message_size: 1 << 20,
             max_buffered_bytes: 1 << 20,
             max_rooms_per_conn: 1000,
+            max_rooms: None,
             max_subscriptions_per_conn: 1000,
             max_room_members: None,
             max_present_list: 100,
@@ -130,6 +145,8 @@ impl Default for HubConfig {
             backplane: false,
             close_grace_ms: 5_000,
             coalesce_room_messages: false,
+            auth: None,
+            clock_unix_ms: 0,
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::auth::Arrival;
 use super::conns::Conn;
 use super::messages;
 use super::timers::Timer;
@@ -64,7 +65,13 @@ impl Hub {
     /// on `Err` answer the handshake with 503 or 400 instead of upgrading.
     pub fn connect(&mut self, now: Timestamp, req: ConnectRequest) -> Result<ConnId, ConnectError> {
         let now = self.clock.advance(now);
-        if let Some(u) = &req.user {
+        let arrival = self.arrival(req.token.as_deref(), now)?;
+        // With tokens, `?user=` is never trusted: the user is the token's `sub`.
+        let user = match arrival {
+            Arrival::Open => req.user,
+            Arrival::Verified(_) | Arrival::Pending => None,
+        };
+        if let Some(u) = &user {
             if !protocol::valid_name(u) {
                 return Err(ConnectError::BadUser);
             }
@@ -74,16 +81,25 @@ impl Hub {
         }
         let (id, gen) = self.conns.next_id();
         let wire = format!("{}-{:x}", self.instance, gen);
-        let user: Option<Arc<str>> = req.user.map(Arc::from);
+        let user: Option<Arc<str>> = user.map(Arc::from);
         let bucket = TokenBucket::new(&self.config.rate_limit, now);
         let conn = Conn::new(id, wire, user.clone(), req.metadata, now, bucket);
-        let welcome = messages::welcome(&conn.wire, user.as_deref(), &self.config.heartbeat);
         self.conns.insert(conn);
-        if let Some(u) = &user {
-            self.index.add_user(u, id);
+        let s = id.slot();
+        match arrival {
+            Arrival::Open => {
+                let c = &self.conns[s];
+                let welcome =
+                    messages::welcome(&c.wire, user.as_deref(), None, &self.config.heartbeat);
+                if let Some(u) = &user {
+                    self.index.add_user(u, id);
+                }
+                self.send(id, &welcome);
+                self.fanout.event(Event::Connected { conn: id, user });
+            }
+            Arrival::Verified(identity) => self.admit_identity(s, identity, now),
+            Arrival::Pending => self.await_auth(s, now),
         }
-        self.send(id, &welcome);
-        self.fanout.event(Event::Connected { conn: id, user });
         self.schedule_conn(id);
         Ok(id)
     }
@@ -231,12 +247,15 @@ impl Hub {
             ConnState::Closing => Some(c.closing_since.saturating_add(self.config.close_grace())),
             ConnState::Open => {
                 let hb = &self.config.heartbeat;
-                if !hb.server_pings {
-                    return None;
+                let heartbeat = hb.server_pings.then(|| {
+                    let dead = c.last_seen.saturating_add(hb.dead_after());
+                    let ping = c.last_seen.max(c.last_ping).saturating_add(hb.interval());
+                    dead.min(ping)
+                });
+                match (heartbeat, self.auth_deadline(s)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
                 }
-                let dead = c.last_seen.saturating_add(hb.dead_after());
-                let ping = c.last_seen.max(c.last_ping).saturating_add(hb.interval());
-                Some(dead.min(ping))
             }
         }
     }
@@ -262,7 +281,8 @@ impl Hub {
             _ => return,
         }
         self.conns[s].timer_at = None;
-        match self.conns[s].state {
+        let state = self.conns[s].state;
+        match state {
             ConnState::Closing => {
                 let grace_over = self.conns[s]
                     .closing_since
@@ -273,6 +293,7 @@ impl Hub {
                     return;
                 }
             }
+            ConnState::Open if self.auth_timer(s, now) => return,
             ConnState::Open if self.config.heartbeat.server_pings => {
                 let hb = &self.config.heartbeat;
                 let c = &self.conns[s];

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use slab::Slab;
 
+use super::auth::ConnAuth;
 use super::types::{ConnId, ConnState, HubError};
 use crate::protocol;
 use crate::ratelimit::TokenBucket;
@@ -48,6 +49,8 @@ pub(crate) struct Conn {
     pub(crate) bucket: TokenBucket,
     /// Channel fan-out dedupe stamp.
     pub(crate) stamp: u64,
+    /// Token state when the hub checks tokens (boxed: open servers pay one pointer).
+    pub(crate) auth: Option<Box<ConnAuth>>,
 }
 
 impl Conn {
@@ -60,7 +63,7 @@ impl Conn {
         bucket: TokenBucket,
     ) -> Conn {
         let mut peer = Vec::with_capacity(48);
-        protocol::write_peer(&mut peer, &wire, user.as_deref());
+        protocol::write_peer(&mut peer, &wire, user.as_deref(), None);
         Conn {
             id,
             wire: wire.into_boxed_str(),
@@ -83,7 +86,16 @@ impl Conn {
             timer_at: None,
             bucket,
             stamp: 0,
+            auth: None,
         }
+    }
+
+    /// Takes the identity a token proved: the user, and `info` shown with it to others.
+    pub(crate) fn set_identity(&mut self, user: Arc<str>, info: Option<&str>) {
+        let mut peer = Vec::with_capacity(48 + info.map_or(0, str::len));
+        protocol::write_peer(&mut peer, &self.wire, Some(&user), info);
+        self.peer_json = peer.into_boxed_slice();
+        self.user = Some(user);
     }
 
     /// Sets one metadata entry, keeping the list sorted.

@@ -11,7 +11,8 @@ use super::messages::{self, JoinAck};
 use super::publish::Publish;
 use super::types::{ConnState, Event, HubError, Origin};
 use super::{ConnId, Hub};
-use crate::protocol::{self, ErrorCode, Rejection, Request, RequestId, Target};
+use crate::auth::{Op, RoomGrant, Scope};
+use crate::protocol::{self, ErrorCode, Parsed, Rejection, Request, RequestId, Target};
 use crate::ratelimit::Verdict;
 use crate::time::Timestamp;
 
@@ -36,6 +37,21 @@ impl Hub {
         if verdict == Verdict::Abuse {
             self.fanout.stats.rate_limited += 1;
             self.close_conn(s, Closing::rate_limited(), now);
+            return Ok(());
+        }
+        if self.awaiting_auth(s) {
+            // Nothing but `auth` before the welcome.
+            match protocol::parse_request(text) {
+                Parsed {
+                    id: req_id,
+                    request: Ok(Request::Auth { token }),
+                } => {
+                    let res = self.handle_auth(s, req_id.as_ref(), &token, now);
+                    debug_assert!(res.is_ok(), "a hub with keys answers auth");
+                }
+                _ => self.auth_required(s, now),
+            }
+            self.reap(now);
             return Ok(());
         }
         if protocol::is_heartbeat_ping(text) && verdict == Verdict::Allow {
@@ -70,7 +86,12 @@ impl Hub {
         len: usize,
     ) -> Result<(), HubError> {
         let now = self.clock.advance(now);
-        if self.admit_message(id, len, now)?.is_none() {
+        let Some(s) = self.admit_message(id, len, now)? else {
+            return Ok(());
+        };
+        if self.awaiting_auth(s) {
+            self.auth_required(s, now);
+            self.reap(now);
             return Ok(());
         }
         let rej = Rejection::new(
@@ -132,13 +153,18 @@ impl Hub {
                 since,
                 epoch,
                 presence,
+                token,
             } => {
                 let pos = Position {
                     since,
                     epoch: epoch.as_deref(),
                 };
-                self.client_join(s, id, &room, pos, presence, now)
+                let grant = token
+                    .map(|t| self.room_token(s, &room, &t, now))
+                    .transpose()?;
+                self.client_join(s, id, &room, pos, presence, grant, now)
             }
+            Request::Auth { token } => self.handle_auth(s, id, &token, now),
             Request::Leave { room } => {
                 let rk = self
                     .index
@@ -149,10 +175,14 @@ impl Hub {
                         Rejection::new(ErrorCode::NotMember, "not a member of this room")
                     })?;
                 self.remove_member(s, rk, now);
+                self.drop_room_grant(s, &room);
                 self.send(conn, &messages::ack_with(id, "room", &room));
                 Ok(())
             }
             Request::Subscribe { channel } => {
+                if !self.allowed(s, Scope::Channels, &channel, Op::Subscribe, None) {
+                    return Err(forbidden("subscribe to this channel"));
+                }
                 self.subscribe_slot(s, &channel)
                     .map_err(|r| r.rejection())?;
                 self.send(conn, &messages::ack_with(id, "channel", &channel));
@@ -211,6 +241,9 @@ impl Hub {
                             "join the room before publishing to it",
                         )
                     })?;
+                if !self.allowed(s, Scope::Rooms, room, Op::Publish, None) {
+                    return Err(forbidden("publish to this room"));
+                }
                 self.publish_room(rk, &p, now)
             }
             Target::Channel(channel) => {
@@ -225,15 +258,24 @@ impl Hub {
                             "subscribe to the channel (or join a linked room) before publishing to it",
                         )
                     })?;
+                if !self.allowed(s, Scope::Channels, channel, Op::Publish, None) {
+                    return Err(forbidden("publish to this channel"));
+                }
                 self.publish_channel(ck, &p)
             }
-            Target::User(user) => self.publish_user(user, &p),
+            Target::User(user) => {
+                if !self.allowed(s, Scope::Users, user, Op::Publish, None) {
+                    return Err(forbidden("message this user"));
+                }
+                self.publish_user(user, &p)
+            }
         };
         let ack = messages::publish_ack(id, delivery.delivered, delivery.seq);
         self.send(conn, &ack);
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn client_join(
         &mut self,
         s: usize,
@@ -241,12 +283,30 @@ impl Hub {
         room: &str,
         pos: Position<'_>,
         presence: bool,
+        grant: Option<RoomGrant>,
         now: Timestamp,
     ) -> Result<(), Rejection> {
         let conn = self.conns[s].id;
+        let needs = [
+            (true, Op::Join, "join this room"),
+            (presence, Op::Presence, "watch this room's presence"),
+            (
+                pos.since.is_some(),
+                Op::History,
+                "recover this room's history",
+            ),
+        ];
+        for (asked, op, what) in needs {
+            if asked && !self.allowed(s, Scope::Rooms, room, op, grant.as_ref()) {
+                return Err(forbidden(what));
+            }
+        }
         let (rk, already) = self
             .join_slot(s, room, presence, Asker::Client)
             .map_err(|r| r.rejection())?;
+        if let Some(g) = grant {
+            self.keep_room_grant(s, room, g);
+        }
         let mut recovered = None;
         if already {
             if pos.since.is_some() {
@@ -296,4 +356,12 @@ impl Hub {
         }
         plan.recovered
     }
+}
+
+/// `forbidden`: the connection's rights do not cover this.
+fn forbidden(what: &str) -> Rejection {
+    Rejection::new(
+        ErrorCode::Forbidden,
+        format!("your token does not allow you to {what}"),
+    )
 }

@@ -26,6 +26,8 @@ pub(crate) enum Refusal {
     TooManyRooms,
     RoomFull,
     TooManySubscriptions,
+    /// The hub holds `max_rooms` rooms already.
+    ServerRooms,
 }
 
 impl Refusal {
@@ -42,6 +44,10 @@ impl Refusal {
             Refusal::TooManySubscriptions => {
                 Rejection::new(ErrorCode::TooManySubscriptions, "too many subscriptions")
             }
+            Refusal::ServerRooms => Rejection::new(
+                ErrorCode::TooManyRooms,
+                "the server holds as many rooms as it may",
+            ),
         }
     }
 }
@@ -53,6 +59,7 @@ impl From<Refusal> for HubError {
             Refusal::TooManyRooms => HubError::TooManyRooms,
             Refusal::RoomFull => HubError::RoomFull,
             Refusal::TooManySubscriptions => HubError::TooManySubscriptions,
+            Refusal::ServerRooms => HubError::TooManyRooms,
         }
     }
 }
@@ -89,6 +96,14 @@ impl Hub {
         }
         if existing.is_none() && asker == Asker::Client && !self.config.clients_create_rooms {
             return Err(Refusal::Forbidden);
+        }
+        if existing.is_none()
+            && self
+                .config
+                .max_rooms
+                .is_some_and(|max| self.index.rooms.len() >= max)
+        {
+            return Err(Refusal::ServerRooms);
         }
         if self.conns[s].rooms.len() >= self.config.max_rooms_per_conn {
             return Err(Refusal::TooManyRooms);

@@ -61,18 +61,73 @@ pub(crate) fn message(
 }
 
 /// The first message on every connection.
-pub(crate) fn welcome(wire: &str, user: Option<&str>, hb: &HeartbeatConfig) -> Outgoing {
+pub(crate) fn welcome(
+    wire: &str,
+    user: Option<&str>,
+    info: Option<&RawValue>,
+    hb: &HeartbeatConfig,
+) -> Outgoing {
     Outgoing::build(|b| {
         protocol::write_head(b, "welcome", None);
         b.extend_from_slice(b",\"conn\":");
         protocol::write_str(b, wire);
         b.extend_from_slice(b",\"user\":");
         protocol::write_opt_str(b, user);
+        if let Some(info) = info {
+            b.extend_from_slice(b",\"info\":");
+            b.extend_from_slice(info.get().as_bytes());
+        }
         b.extend_from_slice(b",\"heartbeat\":{\"interval_ms\":");
         protocol::write_u64(b, hb.interval_ms);
         b.extend_from_slice(b",\"timeout_ms\":");
         protocol::write_u64(b, hb.timeout_ms);
         b.extend_from_slice(b"}}");
+    })
+}
+
+/// `expiring`: the connection's token runs out in `in_ms`; send a new one by `auth`.
+pub(crate) fn expiring(in_ms: u64) -> Outgoing {
+    Outgoing::build(|b| {
+        protocol::write_head(b, "expiring", None);
+        b.extend_from_slice(b",\"in_ms\":");
+        protocol::write_u64(b, in_ms);
+        b.push(b'}');
+    })
+}
+
+/// `joined`: the server put this connection in a room.
+pub(crate) fn joined(room: &str, members: usize, epoch: &str, seq: u64) -> Outgoing {
+    Outgoing::build(|b| {
+        protocol::write_head(b, "joined", None);
+        b.extend_from_slice(b",\"room\":");
+        protocol::write_str(b, room);
+        b.extend_from_slice(b",\"members\":");
+        protocol::write_u64(b, members as u64);
+        b.extend_from_slice(b",\"epoch\":");
+        protocol::write_str(b, epoch);
+        b.extend_from_slice(b",\"seq\":");
+        protocol::write_u64(b, seq);
+        b.push(b'}');
+    })
+}
+
+/// `left`: the server took this connection out of a room, and why.
+pub(crate) fn left(room: &str, reason: &str) -> Outgoing {
+    Outgoing::build(|b| {
+        protocol::write_head(b, "left", None);
+        b.extend_from_slice(b",\"room\":");
+        protocol::write_str(b, room);
+        b.extend_from_slice(b",\"reason\":");
+        protocol::write_str(b, reason);
+        b.push(b'}');
+    })
+}
+
+/// A bare `ack` (for `auth`).
+pub(crate) fn ack(id: Option<&RequestId>) -> Outgoing {
+    Outgoing::build(|b| {
+        protocol::write_head(b, "ack", id);
+        b.push(b'}');
     })
 }
 

@@ -23,6 +23,7 @@
 //!   (the client protocol), `server_api`, `snapshot` (hibernation), `messages` (the
 //!   wire shape of every message the hub writes).
 
+mod auth;
 mod config;
 mod connections;
 mod conns;

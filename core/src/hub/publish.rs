@@ -214,7 +214,7 @@ impl Hub {
         }
         let from_buf = fwd.from.as_ref().map(|(conn, user)| {
             let mut b = Vec::new();
-            protocol::write_peer(&mut b, conn, user.as_deref());
+            protocol::write_peer(&mut b, conn, user.as_deref(), None);
             b
         });
         let origin = Origin::Remote { node };

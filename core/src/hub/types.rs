@@ -92,6 +92,8 @@ pub enum DisconnectReason {
         /// The close code sent.
         code: u16,
     },
+    /// Its token was refused, absent in time, or expired past the grace (close 4001).
+    Unauthorized,
     /// The application closed it through [`super::Hub::disconnect`].
     Kicked {
         /// The close code sent.
@@ -109,6 +111,7 @@ impl DisconnectReason {
             DisconnectReason::RateLimited => "rate_limited",
             DisconnectReason::MessageTooBig => "message_too_big",
             DisconnectReason::ProtocolError { .. } => "protocol_error",
+            DisconnectReason::Unauthorized => "unauthorized",
             DisconnectReason::Kicked { .. } => "kicked",
         }
     }
@@ -197,6 +200,14 @@ pub enum Event {
         /// The error code sent back.
         code: ErrorCode,
     },
+    /// A token was refused (the connection is closed 4001). For logs and metrics: the
+    /// reason is never sent to the client, and the token itself is never kept.
+    TokenRefused {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        error: crate::auth::AuthError,
+    },
 }
 
 /// What a publish did, for the application's logs, metrics or persistence (a Durable
@@ -284,6 +295,9 @@ pub enum ConnectError {
     /// The user name breaks the naming rules: answer the handshake with 400.
     #[error("invalid user name")]
     BadUser,
+    /// The token in the URL was refused: answer the handshake with 401.
+    #[error("unauthorized: {0}")]
+    Unauthorized(crate::auth::AuthError),
 }
 
 /// Caller mistakes with the server API (never caused by a peer).
@@ -394,8 +408,12 @@ pub struct ConnInfo<'a> {
 /// What a connection brings when it is admitted.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectRequest {
-    /// The user, from `?user=` or a verified token.
+    /// The user from `?user=` (ignored, never trusted, when tokens are configured).
     pub user: Option<String>,
+    /// The token from `?token=`, checked before the connection is admitted (a refusal
+    /// is [`ConnectError::Unauthorized`]). Without one, a server with keys waits for the
+    /// first message to be `auth`.
+    pub token: Option<String>,
     /// Application metadata (e.g. remote address, user agent).
     pub metadata: BTreeMap<String, String>,
 }

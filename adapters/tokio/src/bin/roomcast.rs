@@ -7,9 +7,11 @@
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use roomcast_tokio::core::auth::{AuthConfig, KeySet, Verifier};
 use roomcast_tokio::core::values;
 use roomcast_tokio::{heartbeat_for, Config, Server};
 use tracing::{error, info};
@@ -123,6 +125,50 @@ struct Args {
         default_value_t = 1000
     )]
     max_rooms_per_connection: usize,
+
+    /// Most rooms the server holds at once; a join that would create one more gets
+    /// `too_many_rooms`. Default: no bound but connections × --max-rooms-per-connection.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS", value_name = "N")]
+    max_rooms: Option<usize>,
+
+    /// Require a signed token (JWT, HS256) on every connection, checked with this shared
+    /// secret (at least 32 bytes). `?user=` is then ignored. Prefer the environment
+    /// variable: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "ROOMCAST_AUTH_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    auth_secret: Option<String>,
+
+    /// Require a signed token checked with the public keys in this PEM file (RS256,
+    /// ES256 or EdDSA; several blocks, each after a `kid: NAME` line, for rotation).
+    /// Repeatable; with --auth-secret too, both kinds are accepted.
+    #[arg(
+        long,
+        env = "ROOMCAST_AUTH_PUBLIC_KEY",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    auth_public_key: Vec<PathBuf>,
+
+    /// Tokens must name this audience in `aud`.
+    #[arg(long, env = "ROOMCAST_AUTH_AUDIENCE", value_name = "AUD")]
+    auth_audience: Option<String>,
+
+    /// Tokens must name this issuer in `iss`.
+    #[arg(long, env = "ROOMCAST_AUTH_ISSUER", value_name = "ISS")]
+    auth_issuer: Option<String>,
+
+    /// A token without `caps` may do nothing (instead of everything a client may do
+    /// without tokens): every right then comes from a grant or a room token.
+    #[arg(
+        long,
+        env = "ROOMCAST_AUTH_DENY_BY_DEFAULT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    auth_deny_by_default: bool,
 
     /// Most channels one connection may subscribe to at once; subscribes past it get
     /// `too_many_subscriptions`.
@@ -262,6 +308,41 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
+    /// The token settings, when a key is given.
+    fn auth(&self) -> Result<Option<Verifier>, String> {
+        let mut keys = KeySet::new();
+        if let Some(secret) = &self.auth_secret {
+            keys.add_secret(secret.as_bytes())
+                .map_err(|e| format!("--auth-secret: {e}"))?;
+        }
+        for path in &self.auth_public_key {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--auth-public-key {}: {e}", path.display()))?;
+            keys.add_pem(&text)
+                .map_err(|e| format!("--auth-public-key {}: {e}", path.display()))?;
+        }
+        if keys.is_empty() {
+            if self.auth_deny_by_default
+                || self.auth_audience.is_some()
+                || self.auth_issuer.is_some()
+            {
+                return Err(
+                    "--auth-deny-by-default, --auth-audience and --auth-issuer need \
+                            --auth-secret or --auth-public-key"
+                        .to_owned(),
+                );
+            }
+            return Ok(None);
+        }
+        Ok(Some(Verifier::new(AuthConfig {
+            keys,
+            audience: self.auth_audience.clone(),
+            issuer: self.auth_issuer.clone(),
+            deny_by_default: self.auth_deny_by_default,
+            ..AuthConfig::default()
+        })))
+    }
+
     fn config(&self) -> Result<Config, String> {
         let mut config = Config::default();
         let hub = &mut config.hub;
@@ -277,6 +358,8 @@ impl Args {
         hub.max_room_members = self.max_room_members;
         hub.clients_create_rooms = !self.no_room_creation;
         hub.max_rooms_per_conn = self.max_rooms_per_connection;
+        hub.max_rooms = self.max_rooms;
+        hub.auth = self.auth()?.map(Arc::new);
         hub.max_subscriptions_per_conn = self.max_subscriptions_per_connection;
         hub.rate_limit.burst = self.rate_limit_burst;
         hub.rate_limit.per_second = self.rate_limit_per_second;

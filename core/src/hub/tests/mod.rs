@@ -5,6 +5,7 @@ use super::*;
 use crate::hash::Map as HashMap;
 use serde_json::{json, Value};
 
+mod auth;
 mod connections;
 mod dispatch;
 mod fanout;

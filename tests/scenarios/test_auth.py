@@ -1,0 +1,293 @@
+"""Signed tokens against a real server: every token here is minted by PyJWT (with
+`cryptography` for the keys), never by roomcast, with fresh keys per run.
+
+The AUTH server takes an HS256 secret and RS256, ES256 and EdDSA public keys (each with a
+kid), an audience and an issuer (PROTOCOL.md "Identity", "Authorization").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from conftest import Endpoint, require, start_server
+from rc import TIMEOUT, Client, close_code, uid, with_query
+
+AUD = "roomcast-tests"
+ISS = "https://issuer.test"
+ALGS = ["HS256", "RS256", "ES256", "EdDSA"]
+
+
+@dataclass
+class Keys:
+    secret: str
+    signing: dict  # alg -> (private key or secret, kid or None)
+    others: dict  # alg -> a key the server does not know
+    rsa_public_pem: bytes
+
+    def mint(self, alg: str = "HS256", key=None, headers=None, **claims) -> str:
+        k, kid = self.signing[alg]
+        body = {"aud": AUD, "iss": ISS, "exp": int(time.time()) + 300, **claims}
+        h = {"kid": kid} if kid else {}
+        h.update(headers or {})
+        return jwt.encode(body, key if key is not None else k, algorithm=alg, headers=h or None)
+
+
+def _pem(key) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    secret = os.urandom(32).hex()
+    r = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    e = ec.generate_private_key(ec.SECP256R1())
+    d = ed25519.Ed25519PrivateKey.generate()
+    return Keys(
+        secret=secret,
+        signing={"HS256": (secret, None), "RS256": (r, "rsa-1"), "ES256": (e, "ec-1"), "EdDSA": (d, "ed-1")},
+        others={
+            "HS256": os.urandom(32).hex(),
+            "RS256": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "ES256": ec.generate_private_key(ec.SECP256R1()),
+            "EdDSA": ed25519.Ed25519PrivateKey.generate(),
+        },
+        rsa_public_pem=_pem(r),
+    )
+
+
+def _auth_server(keys: Keys, *extra: str, name: str):
+    require("spawn_configured")
+    folder = Path(tempfile.mkdtemp(prefix="roomcast-keys-"))
+    pem = folder / "keys.pem"
+    ((r, rk), (e, ek), (d, dk)) = (keys.signing[a] for a in ("RS256", "ES256", "EdDSA"))
+    pem.write_bytes(
+        b"# rotation: one block per key, each named by the line before it\n"
+        + f"kid: {rk}\n".encode() + _pem(r)
+        + f"kid: {ek}\n".encode() + _pem(e)
+        + f"kid: {dk}\n".encode() + _pem(d)
+    )
+    flags = ["--auth-secret", keys.secret, "--auth-public-key", str(pem),
+             "--auth-audience", AUD, "--auth-issuer", ISS, *extra]
+    s = start_server(*flags, name=name)
+    yield Endpoint(s.ws_url, s.http_url, s)
+    s.terminate()
+
+
+@pytest.fixture(scope="module")
+def auth_server(keys):
+    url = os.environ.get("ROOMCAST_WS_URL_AUTH")
+    if url:
+        pytest.skip("AUTH needs this run's keys; a preconfigured server cannot have them")
+    yield from _auth_server(keys, name="auth")
+
+
+@pytest.fixture(scope="module")
+def deny_server(keys):
+    yield from _auth_server(keys, "--auth-deny-by-default", name="auth-deny")
+
+
+async def url_status(url: str) -> int | None:
+    """The HTTP status of an upgrade to `url` (None: it was accepted)."""
+    try:
+        ws = await connect(url, open_timeout=TIMEOUT)
+    except InvalidStatus as e:
+        return e.response.status_code
+    await ws.close()
+    return None
+
+
+async def first_message(url: str, token: str) -> Client:
+    """Connects without a URL token and sends `auth` first; returns the welcomed client."""
+    ws = await connect(url, open_timeout=TIMEOUT, ping_interval=None)
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    w = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert w["type"] == "welcome", w
+    return Client(ws, w)
+
+
+def faults(keys: Keys, alg: str) -> dict[str, str]:
+    """Tokens that must be refused, by name."""
+    now = int(time.time())
+    bad = {
+        "expired": keys.mint(alg, sub="ada", exp=now - 60),
+        "not yet valid": keys.mint(alg, sub="ada", nbf=now + 120),
+        "wrong signature": keys.mint(alg, key=keys.others[alg], sub="ada"),
+        "wrong aud": keys.mint(alg, sub="ada", aud="someone-else"),
+        "wrong iss": keys.mint(alg, sub="ada", iss="https://evil.test"),
+        "unknown kid": keys.mint(alg, sub="ada", headers={"kid": "retired"}),
+        "no sub": keys.mint(alg),
+    }
+    return bad
+
+
+def forged(keys: Keys) -> dict[str, str]:
+    """Tokens no key can have signed: alg none, and HS256 keyed with the RSA public key."""
+    body = {"sub": "ada", "aud": AUD, "iss": ISS, "exp": int(time.time()) + 300}
+
+    def b64(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}).encode())
+    payload = b64(json.dumps(body).encode())
+    sig = b64(hmac.new(keys.rsa_public_pem, f"{head}.{payload}".encode(), hashlib.sha256).digest())
+    return {
+        "alg none": jwt.encode(body, None, algorithm="none"),
+        "confusion": f"{head}.{payload}.{sig}",
+        "garbage": "a.b.c",
+    }
+
+
+@pytest.mark.parametrize("alg", ALGS)
+async def test_a_valid_token_of_each_algorithm_connects_by_url_and_by_auth(auth_server, keys, alg):
+    user = uid("ada")
+    info = {"name": "Ada", "alg": alg}
+    token = keys.mint(alg, sub=user, info=info)
+    c = await Client.open(with_query(auth_server.ws_url, token=token, user="mallory"))
+    assert c.welcome["user"] == user, "the token's sub, never ?user="
+    assert c.welcome["info"] == info
+    await c.close()
+    c = await first_message(auth_server.ws_url, token)
+    assert c.welcome["user"] == user
+    await c.ok({"type": "join", "room": uid("r")})
+    await c.close()
+
+
+@pytest.mark.parametrize("alg", ALGS)
+async def test_every_fault_refuses_401_in_the_url_and_4001_in_auth(auth_server, keys, alg):
+    for name, token in {**faults(keys, alg), **forged(keys)}.items():
+        assert await url_status(with_query(auth_server.ws_url, token=token)) == 401, name
+        ws = await connect(auth_server.ws_url, open_timeout=TIMEOUT, ping_interval=None)
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        c = Client(ws, {"conn": "", "user": None})
+        closed = await c.closed()
+        assert close_code(closed) == 4001, name
+        assert closed.rcvd.reason == "unauthorized", name
+
+
+async def test_without_a_token_nothing_but_auth_is_heard(auth_server):
+    # ?user= alone is no identity.
+    ws = await connect(with_query(auth_server.ws_url, user="eve"), open_timeout=TIMEOUT)
+    await ws.send(json.dumps({"type": "join", "room": "lobby"}))
+    c = Client(ws, {"conn": "", "user": None})
+    closed = await c.closed()
+    assert close_code(closed) == 4001
+
+
+async def test_caps_confine_a_connection_to_its_grants(auth_server, keys):
+    game = uid("game")
+    caps = [
+        {"rooms": [f"{game}:*"], "allow": ["join"]},
+        {"users": ["support"], "allow": ["publish"]},
+    ]
+    c = await Client.open(with_query(auth_server.ws_url, token=keys.mint(sub=uid("g"), caps=caps)))
+    await c.ok({"type": "join", "room": f"{game}:1"})
+    for req in [
+        {"type": "join", "room": "lobby"},
+        {"type": "publish", "room": f"{game}:1", "event": "move"},
+        {"type": "subscribe", "channel": "news"},
+        {"type": "publish", "user": "bob", "event": "dm"},
+    ]:
+        r = await c.request(req)
+        assert r["type"] == "error" and r["code"] == "forbidden", (req, r)
+    assert (await c.request({"type": "publish", "user": "support", "event": "dm"}))["type"] == "ack"
+    await c.close()
+
+
+async def test_deny_by_default_needs_a_grant_or_a_room_token(deny_server, keys):
+    user = uid("u")
+    room = uid("vip")
+    c = await Client.open(with_query(deny_server.ws_url, token=keys.mint(sub=user)))
+    r = await c.request({"type": "join", "room": room})
+    assert r["code"] == "forbidden", r
+    for name, rt in {
+        "other room": keys.mint(sub=user, room=uid("x")),
+        "other user": keys.mint(sub=uid("v"), room=room),
+        "expired": keys.mint(sub=user, room=room, exp=int(time.time()) - 60),
+    }.items():
+        r = await c.request({"type": "join", "room": room, "token": rt})
+        assert r["code"] == "forbidden", (name, r)
+    await c.ok({"type": "join", "room": room, "token": keys.mint(sub=user, room=room)})
+    await c.ok({"type": "publish", "room": room, "event": "hi"})
+    await c.close()
+
+
+async def test_a_room_token_expiring_takes_the_member_out(auth_server, keys):
+    # Real time, kept short: the token lives ~2 s (whole seconds, as JWTs count).
+    user = uid("u")
+    room = uid("brief")
+    c = await Client.open(with_query(auth_server.ws_url, token=keys.mint(sub=user)))
+    exp = int(time.time()) + 2
+    await c.ok({"type": "join", "room": room, "token": keys.mint(sub=user, room=room, exp=exp)})
+    left = await c.expect(lambda m: m.get("type") == "left", timeout=8)
+    assert left == {"type": "left", "room": room, "reason": "token_expired"}
+    assert time.time() >= exp - 0.1
+    r = await c.request({"type": "publish", "room": room, "event": "e"})
+    assert r["code"] == "not_member", r
+    await c.close()
+
+
+async def test_expiring_then_refresh_keeps_the_connection(auth_server, keys):
+    user = uid("u")
+    c = await Client.open(
+        with_query(auth_server.ws_url, token=keys.mint(sub=user, exp=int(time.time()) + 20))
+    )
+    # Less than the 30 s notice is left: `expiring` comes at once.
+    m = await c.expect(lambda m: m.get("type") == "expiring")
+    assert 0 < m["in_ms"] <= 20_000
+    await c.ok({"type": "auth", "token": keys.mint(sub=user)})
+    # Someone else's token is not a refresh.
+    await c.send({"type": "auth", "token": keys.mint(sub=uid("other"))})
+    closed = await c.closed()
+    assert close_code(closed) == 4001
+
+
+async def test_the_rooms_claim_joins_at_connect(auth_server, keys):
+    room = uid("team")
+    a = await Client.open(with_query(auth_server.ws_url, token=keys.mint(sub=uid("a"))))
+    await a.ok({"type": "join", "room": room})
+    b = await Client.open(with_query(auth_server.ws_url, token=keys.mint(sub=uid("b"), rooms=[room])))
+    joined = await b.expect(lambda m: m.get("type") == "joined")
+    assert joined["room"] == room and joined["members"] == 2, joined
+    await a.ok({"type": "publish", "room": room, "event": "hello"})
+    m = await b.expect(lambda m: m.get("type") == "message")
+    assert m["event"] == "hello"
+    await a.close()
+    await b.close()
+
+
+async def test_max_rooms_bounds_the_rooms_a_server_holds():
+    # Not a token rule, but the bound that keeps anonymous clients from pinning memory.
+    require("spawn_configured")
+    s = start_server("--max-rooms", "2", name="max-rooms")
+    try:
+        a = await Client.open(s.ws_url)
+        await a.ok({"type": "join", "room": "one"})
+        await a.ok({"type": "join", "room": "two"})
+        r = await a.request({"type": "join", "room": "three"})
+        assert r["type"] == "error" and r["code"] == "too_many_rooms", r
+        b = await Client.open(s.ws_url)
+        await b.ok({"type": "join", "room": "one"})
+        await a.ok({"type": "leave", "room": "two"})
+        await a.ok({"type": "join", "room": "three"})
+        await a.close()
+        await b.close()
+    finally:
+        s.terminate()
