@@ -137,6 +137,9 @@ struct ConnClaims {
     info: Option<Box<RawValue>>,
     rooms: Option<serde_json::Value>,
     caps: Option<Box<RawValue>>,
+    /// Only room tokens have it: one presented as a connection token is refused (it
+    /// would otherwise admit its holder with the default rights).
+    room: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +188,9 @@ impl Verifier {
     /// never the system clock).
     pub fn connection(&self, token: &str, now_unix_ms: u64) -> Result<Identity, AuthError> {
         let c: ConnClaims = self.decode(token)?;
+        if c.room.is_some() {
+            return Err(AuthError::BadClaim("room"));
+        }
         let expires_unix_ms = self.check_time(c.exp.as_ref(), c.nbf.as_ref(), now_unix_ms)?;
         let user = user_claim(c.sub.as_ref())?;
         let info = match c.info {
@@ -267,6 +273,15 @@ impl Verifier {
                 Err(e) => {
                     last = match e.into_kind() {
                         ErrorKind::InvalidSignature => continue,
+                        // This key cannot verify this token at all (a P-384 key asked
+                        // for ES256, say): another key of the algorithm may.
+                        ErrorKind::InvalidEcdsaKey
+                        | ErrorKind::InvalidRsaKey(_)
+                        | ErrorKind::InvalidEddsaKey
+                        | ErrorKind::InvalidKeyFormat => {
+                            last = AuthError::BadSignature;
+                            continue;
+                        }
                         ErrorKind::InvalidAudience => AuthError::Audience,
                         ErrorKind::InvalidIssuer => AuthError::Issuer,
                         ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,

@@ -160,10 +160,7 @@ impl Hub {
 
     /// Whether slot `s` is still waiting for its first `auth`.
     pub(crate) fn awaiting_auth(&self, s: usize) -> bool {
-        self.conns[s]
-            .auth
-            .as_ref()
-            .is_some_and(|a| a.pending_until.is_some())
+        self.conns[s].awaiting_auth()
     }
 
     /// An `auth` request: the first one admits a waiting connection; a later one renews

@@ -175,7 +175,11 @@ impl Hub {
         reason: &str,
     ) -> Result<(), HubError> {
         let now = self.clock.advance(now);
-        let s = self.conns.open_slot(id)?;
+        // Any open connection, one still proving who it is included.
+        let s = self.conns.slot_of(id)?;
+        if self.conns[s].state != ConnState::Open {
+            return Err(HubError::UnknownConnection(id));
+        }
         let text = Cow::Owned(messages::truncate_reason(reason).to_owned());
         self.close_conn(s, Closing::kicked(code, text), now);
         Ok(())
@@ -215,6 +219,7 @@ impl Hub {
     /// Removes a connection from every index and marks it closing.
     fn detach(&mut self, s: usize, reason: DisconnectReason, now: Timestamp) {
         let id = self.conns[s].id;
+        let was_pending = self.conns[s].awaiting_auth();
         for rk in self.conns[s].rooms.clone() {
             self.remove_member(s, rk, now);
         }
@@ -230,6 +235,9 @@ impl Hub {
             DisconnectReason::HeartbeatTimeout => self.fanout.stats.heartbeat_timeouts += 1,
             DisconnectReason::SlowConsumer => self.fanout.stats.slow_consumers += 1,
             _ => {}
+        }
+        if was_pending {
+            return; // it never got a `Connected`
         }
         self.fanout.event(Event::Disconnected {
             conn: id,

@@ -90,6 +90,13 @@ impl Conn {
         }
     }
 
+    /// Still waiting for its first `auth`: no `welcome` yet, and nothing reaches it.
+    pub(crate) fn awaiting_auth(&self) -> bool {
+        self.auth
+            .as_ref()
+            .is_some_and(|a| a.pending_until.is_some())
+    }
+
     /// Takes the identity a token proved: the user, and `info` shown with it to others.
     pub(crate) fn set_identity(&mut self, user: Arc<str>, info: Option<&str>) {
         let mut peer = Vec::with_capacity(48 + info.map_or(0, str::len));
@@ -183,7 +190,8 @@ impl Conns {
     /// The slot of an open connection.
     pub(crate) fn open_slot(&self, id: ConnId) -> Result<usize, HubError> {
         let s = self.slot_of(id)?;
-        if self.slab[s].state == ConnState::Open {
+        // A connection still proving who it is is not there yet for the server API.
+        if self.slab[s].state == ConnState::Open && !self.slab[s].awaiting_auth() {
             Ok(s)
         } else {
             Err(HubError::UnknownConnection(id))

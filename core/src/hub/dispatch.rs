@@ -175,7 +175,6 @@ impl Hub {
                         Rejection::new(ErrorCode::NotMember, "not a member of this room")
                     })?;
                 self.remove_member(s, rk, now);
-                self.drop_room_grant(s, &room);
                 self.send(conn, &messages::ack_with(id, "room", &room));
                 Ok(())
             }
@@ -290,8 +289,9 @@ impl Hub {
         let needs = [
             (true, Op::Join, "join this room"),
             (presence, Op::Presence, "watch this room's presence"),
+            // An `epoch` alone replays too (a stale one replays from the start).
             (
-                pos.since.is_some(),
+                pos.since.is_some() || pos.epoch.is_some(),
                 Op::History,
                 "recover this room's history",
             ),

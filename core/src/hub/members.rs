@@ -139,6 +139,10 @@ impl Hub {
 
     /// Takes slot `s` out of room `rk`; the room goes if nothing keeps it.
     pub(crate) fn remove_member(&mut self, s: usize, rk: usize, now: Timestamp) {
+        // Out of the room however it happened (leave, kick, expiry): its room token is
+        // spent, so a kicked client cannot come back on it.
+        let name = self.index.rooms[rk].name.clone();
+        self.drop_room_grant(s, &name);
         self.settle_room(rk);
         self.index.remove_member(&mut self.conns, s, rk);
         self.notify_watchers(s, rk, "left");

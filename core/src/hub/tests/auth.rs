@@ -517,3 +517,85 @@ fn max_rooms_bounds_the_rooms_a_hub_holds() {
     assert_eq!(t.join(a, "d")["type"], "ack", "a freed room makes room");
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn a_room_token_is_not_a_connection_token() {
+    let mut t = T::with(auth_config(false));
+    let rt = token(json!({"sub": "ada", "room": "vip", "exp": T0 + 60}));
+    let r = t.hub.connect(
+        Timestamp(0),
+        ConnectRequest {
+            token: Some(rt.clone()),
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(
+            r,
+            Err(ConnectError::Unauthorized(
+                crate::auth::AuthError::BadClaim("room")
+            ))
+        ),
+        "{r:?}"
+    );
+    let a = t.connect_bare();
+    t.send(a, json!({"type":"auth","token": rt}));
+    assert_eq!(t.closes_of(a), vec![(4001, "unauthorized".to_owned())]);
+}
+
+#[test]
+fn an_epoch_alone_needs_the_history_right_too() {
+    let mut t = T::with(auth_config(false));
+    let caps = json!({"caps": [{"rooms": ["r"], "allow": ["join"]}]});
+    let (a, _) = t.connect_token(&tok("ada", 3600, caps), None);
+    let r = t.ask(a, json!({"type":"join","room":"r","epoch":"made-up"}));
+    assert_eq!(code(&r), "forbidden");
+    assert_eq!(t.join(a, "r")["type"], "ack");
+}
+
+#[test]
+fn a_server_kick_spends_the_room_token() {
+    let mut t = T::with(auth_config(true));
+    let (a, _) = t.connect_token(&tok("ada", 3600, json!({})), None);
+    let rt = token(json!({"sub": "ada", "room": "vip", "exp": T0 + 60}));
+    assert_eq!(
+        t.ask(a, json!({"type":"join","room":"vip","token": rt}))["type"],
+        "ack"
+    );
+    t.hub.leave(Timestamp(t.now), a, "vip").unwrap();
+    t.drain();
+    t.take(a);
+    assert_eq!(
+        code(&t.ask(a, json!({"type":"join","room":"vip"}))),
+        "forbidden"
+    );
+    // and no stale expiry later
+    t.advance(120_000);
+    assert!(t.take(a).is_empty());
+}
+
+#[test]
+fn a_connection_waiting_for_auth_gets_nothing_and_is_not_there_for_the_server_api() {
+    let mut t = T::with(auth_config(false));
+    let (a, _) = t.connect_token(&tok("ada", 3600, json!({})), None);
+    let p = t.connect_bare();
+    t.hub.broadcast(Timestamp(0), "news", None, &[]).unwrap();
+    t.drain();
+    assert_eq!(t.take(a).len(), 1);
+    assert!(t.take(p).is_empty());
+    assert!(t.hub.join(Timestamp(0), p, "r", false).is_err());
+    assert!(t.hub.subscribe(Timestamp(0), p, "c").is_err());
+    // It may still be kicked; a refused or timed-out waiter never had `Connected`, so it
+    // gets no `Disconnected` either.
+    t.hub.disconnect(Timestamp(0), p, 4003, "go").unwrap();
+    t.drain();
+    assert_eq!(t.closes_of(p)[0].0, 4003);
+    assert!(!t
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Disconnected { conn, .. } if *conn == p)));
+    assert!(!t
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == p)));
+}
