@@ -291,3 +291,15 @@ async def test_max_rooms_bounds_the_rooms_a_server_holds():
         await b.close()
     finally:
         s.terminate()
+
+
+async def test_a_server_without_keys_answers_auth_and_room_tokens_unsupported(ws_url):
+    # Both runtimes: the open default checks no token, and says so instead of ignoring it.
+    c = await Client.open(ws_url, user=uid("u"))
+    r = await c.request({"type": "auth", "token": "a.b.c"})
+    assert r["type"] == "error" and r["code"] == "unsupported", r
+    r = await c.request({"type": "join", "room": uid("r"), "token": "a.b.c"})
+    assert r["type"] == "error" and r["code"] == "unsupported", r
+    r = await c.request({"type": "auth"})
+    assert r["type"] == "error" and r["code"] == "bad_request", r
+    await c.close()

@@ -29,6 +29,7 @@ pub const VARIABLES: &[&str] = &[
     "ROOMCAST_HISTORY_MAX_BYTES",
     "ROOMCAST_MAX_ROOM_MEMBERS",
     "ROOMCAST_NO_ROOM_CREATION",
+    "ROOMCAST_MAX_ROOMS",
     "ROOMCAST_MAX_ROOMS_PER_CONNECTION",
     "ROOMCAST_MAX_SUBSCRIPTIONS_PER_CONNECTION",
     "ROOMCAST_RATE_LIMIT_BURST",
@@ -108,6 +109,9 @@ impl Settings {
         }
         if let Some((name, v)) = get("ROOMCAST_NO_ROOM_CREATION") {
             hub.clients_create_rooms = !parse_bool(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_MAX_ROOMS") {
+            hub.max_rooms = Some(parse_count(name, &v, 1)?);
         }
         if let Some((name, v)) = get("ROOMCAST_MAX_ROOMS_PER_CONNECTION") {
             hub.max_rooms_per_conn = parse_count(name, &v, 1)?;
@@ -208,6 +212,7 @@ mod tests {
         assert_eq!(s.hub.history.max_messages, DEFAULT_HISTORY);
         assert_eq!(s.hub.history.max_age_ms, d.history.max_age_ms);
         assert_eq!(s.hub.max_rooms_per_conn, d.max_rooms_per_conn);
+        assert_eq!(s.hub.max_rooms, None);
         assert_eq!(s.hub.max_message_size, 1 << 20);
         assert!(s.policy.allowed_origins.is_empty());
         assert_eq!(s.policy.subprotocols, vec![SUBPROTOCOL.to_owned()]);
@@ -222,6 +227,7 @@ mod tests {
             ("ROOMCAST_HISTORY_AGE", "2m"),
             ("ROOMCAST_PING_INTERVAL", "500ms"),
             ("ROOMCAST_PONG_TIMEOUT", "2s"),
+            ("ROOMCAST_MAX_ROOMS", "5000"),
             (
                 "ROOMCAST_ALLOWED_ORIGIN",
                 " http://a.example, https://b.example ,",
@@ -229,6 +235,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.hub.max_connections, 2);
+        assert_eq!(s.hub.max_rooms, Some(5000));
         assert_eq!(s.hub.max_message_size, 65536);
         assert_eq!(s.hub.history.max_messages, 0);
         assert_eq!(s.hub.history.max_age_ms, 120_000);

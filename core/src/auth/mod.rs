@@ -11,8 +11,10 @@
 
 mod caps;
 mod keys;
+mod settings;
 mod verify;
 
 pub use caps::{Caps, CapsError, Grant, Op, Ops, Pattern, Scope};
 pub use keys::{KeyError, KeySet, MIN_SECRET_LEN};
+pub use settings::{AuthSettings, AuthSettingsError};
 pub use verify::{AuthConfig, AuthError, Identity, RoomGrant, Verifier, MAX_INFO_LEN, MAX_LEEWAY};

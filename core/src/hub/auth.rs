@@ -113,7 +113,7 @@ impl Hub {
 
     /// Admits slot `s` as the verified identity: user and `info`, `welcome`, the
     /// `Connected` event, then the `rooms` claim's joins (each told by `joined`).
-    pub(crate) fn admit_identity(&mut self, s: usize, identity: Identity, now: Timestamp) {
+    pub(crate) fn admit_identity(&mut self, s: usize, identity: Identity) {
         let Identity {
             user,
             expires_unix_ms,
@@ -155,7 +155,6 @@ impl Hub {
             }
         }
         self.schedule_conn(id);
-        let _ = now;
     }
 
     /// Whether slot `s` is still waiting for its first `auth`.
@@ -187,7 +186,7 @@ impl Hub {
             }
         };
         if self.awaiting_auth(s) {
-            self.admit_identity(s, identity, now);
+            self.admit_identity(s, identity);
             return Ok(());
         }
         if self.conns[s].user.as_deref() != Some(identity.user.as_str()) {
@@ -281,9 +280,13 @@ impl Hub {
     }
 
     /// Forgets the room token of a room the connection left.
-    pub(crate) fn drop_room_grant(&mut self, s: usize, room: &str) {
-        if let Some(a) = self.conns[s].auth.as_deref_mut() {
-            a.rooms.retain(|(r, _)| **r != *room);
+    pub(crate) fn drop_room_grant(&mut self, s: usize, rk: usize) {
+        let Some(a) = self.conns[s].auth.as_deref_mut() else {
+            return; // no tokens on this hub: nothing to look up
+        };
+        if !a.rooms.is_empty() {
+            let room = &self.index.rooms[rk].name;
+            a.rooms.retain(|(r, _)| **r != **room);
         }
     }
 

@@ -97,7 +97,7 @@ impl Hub {
                 self.send(id, &welcome);
                 self.fanout.event(Event::Connected { conn: id, user });
             }
-            Arrival::Verified(identity) => self.admit_identity(s, identity, now),
+            Arrival::Verified(identity) => self.admit_identity(s, identity),
             Arrival::Pending => self.await_auth(s, now),
         }
         self.schedule_conn(id);

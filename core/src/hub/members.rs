@@ -141,8 +141,7 @@ impl Hub {
     pub(crate) fn remove_member(&mut self, s: usize, rk: usize, now: Timestamp) {
         // Out of the room however it happened (leave, kick, expiry): its room token is
         // spent, so a kicked client cannot come back on it.
-        let name = self.index.rooms[rk].name.clone();
-        self.drop_room_grant(s, &name);
+        self.drop_room_grant(s, rk);
         self.settle_room(rk);
         self.index.remove_member(&mut self.conns, s, rk);
         self.notify_watchers(s, rk, "left");

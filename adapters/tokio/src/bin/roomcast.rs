@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use roomcast_tokio::core::auth::{AuthConfig, KeySet, Verifier};
+use roomcast_tokio::core::auth::{AuthSettings, AuthSettingsError, Verifier};
 use roomcast_tokio::core::values;
 use roomcast_tokio::{heartbeat_for, Config, Server};
 use tracing::{error, info};
@@ -308,39 +308,29 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
-    /// The token settings, when a key is given.
+    /// The token settings, when a key is given (checked by the core, as the Worker's).
     fn auth(&self) -> Result<Option<Verifier>, String> {
-        let mut keys = KeySet::new();
-        if let Some(secret) = &self.auth_secret {
-            keys.add_secret(secret.as_bytes())
-                .map_err(|e| format!("--auth-secret: {e}"))?;
-        }
+        let mut public_keys = Vec::with_capacity(self.auth_public_key.len());
         for path in &self.auth_public_key {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("--auth-public-key {}: {e}", path.display()))?;
-            keys.add_pem(&text)
-                .map_err(|e| format!("--auth-public-key {}: {e}", path.display()))?;
+            public_keys.push(text);
         }
-        if keys.is_empty() {
-            if self.auth_deny_by_default
-                || self.auth_audience.is_some()
-                || self.auth_issuer.is_some()
-            {
-                return Err(
-                    "--auth-deny-by-default, --auth-audience and --auth-issuer need \
-                            --auth-secret or --auth-public-key"
-                        .to_owned(),
-                );
-            }
-            return Ok(None);
-        }
-        Ok(Some(Verifier::new(AuthConfig {
-            keys,
+        let settings = AuthSettings {
+            secret: self.auth_secret.clone(),
+            public_keys,
             audience: self.auth_audience.clone(),
             issuer: self.auth_issuer.clone(),
             deny_by_default: self.auth_deny_by_default,
-            ..AuthConfig::default()
-        })))
+        };
+        settings.verifier().map_err(|e| match e {
+            AuthSettingsError::PublicKey { index, error } => format!(
+                "--auth-public-key {}: {error}",
+                self.auth_public_key[index].display()
+            ),
+            AuthSettingsError::Secret(error) => format!("--auth-secret: {error}"),
+            other => format!("{other} (--auth-secret or --auth-public-key)"),
+        })
     }
 
     fn config(&self) -> Result<Config, String> {

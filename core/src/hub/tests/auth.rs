@@ -3,7 +3,6 @@
 //! (Signatures of every algorithm against PyJWT: `core/tests/golden_tokens.rs`.)
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use jsonwebtoken::{encode, EncodingKey, Header};
 
@@ -54,21 +53,12 @@ fn auth_config(deny_by_default: bool) -> HubConfig {
 impl T {
     /// Connects with a URL token; returns the id and the welcome.
     fn connect_token(&mut self, token: &str, user: Option<&str>) -> (ConnId, Value) {
-        let id = self
-            .hub
-            .connect(
-                Timestamp(self.now),
-                ConnectRequest {
-                    user: user.map(str::to_owned),
-                    token: Some(token.to_owned()),
-                    ..Default::default()
-                },
-            )
-            .expect("admitted");
-        self.drain();
-        let w = self.take(id);
-        assert_eq!(w[0]["type"], "welcome", "{w:?}");
-        (id, w[0].clone())
+        let (id, got) = self.connect_with(ConnectRequest {
+            user: user.map(str::to_owned),
+            token: Some(token.to_owned()),
+            ..Default::default()
+        });
+        (id, got[0].clone())
     }
 
     fn connect_bare(&mut self) -> ConnId {
@@ -286,18 +276,10 @@ fn the_rooms_claim_joins_at_connect_and_says_joined() {
     let (a, _) = t.connect_token(&tok("ada", 3600, json!({})), None);
     t.join(a, "team");
     t.ask(a, json!({"type":"publish","room":"team","event":"e"}));
-    let id = t
-        .hub
-        .connect(
-            Timestamp(0),
-            ConnectRequest {
-                token: Some(tok("bob", 3600, json!({"rooms": ["team", "inbox:bob"]}))),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    t.drain();
-    let msgs = t.take(id);
+    let (id, msgs) = t.connect_with(ConnectRequest {
+        token: Some(tok("bob", 3600, json!({"rooms": ["team", "inbox:bob"]}))),
+        ..Default::default()
+    });
     assert_eq!(msgs[0]["type"], "welcome");
     assert_eq!(
         msgs[1],
@@ -515,7 +497,6 @@ fn max_rooms_bounds_the_rooms_a_hub_holds() {
     );
     t.ask(a, json!({"type":"leave","room":"c"}));
     assert_eq!(t.join(a, "d")["type"], "ack", "a freed room makes room");
-    let _ = Duration::ZERO;
 }
 
 #[test]

@@ -74,21 +74,25 @@ impl T {
     }
 
     fn connect(&mut self, user: Option<&str>) -> ConnId {
+        let (id, w) = self.connect_with(ConnectRequest {
+            user: user.map(str::to_owned),
+            ..Default::default()
+        });
+        assert_eq!(w.len(), 1);
+        id
+    }
+
+    /// Admits `req` (it must be) and returns what the connection got first, which
+    /// starts with its `welcome`.
+    fn connect_with(&mut self, req: ConnectRequest) -> (ConnId, Vec<Value>) {
         let id = self
             .hub
-            .connect(
-                Timestamp(self.now),
-                ConnectRequest {
-                    user: user.map(str::to_owned),
-                    ..Default::default()
-                },
-            )
+            .connect(Timestamp(self.now), req)
             .expect("admitted");
         self.drain();
-        let w = self.take(id);
-        assert_eq!(w.len(), 1);
-        assert_eq!(w[0]["type"], "welcome");
-        id
+        let got = self.take(id);
+        assert_eq!(got[0]["type"], "welcome", "{got:?}");
+        (id, got)
     }
 
     fn send(&mut self, id: ConnId, v: Value) {
