@@ -40,14 +40,30 @@ worker_tests() {
 		[ROOM_LIMIT]="ROOMCAST_MAX_ROOM_MEMBERS:1"
 		[NO_ROOM_CREATION]="ROOMCAST_NO_ROOM_CREATION:true"
 		[HIBERNATION]="ROOMCAST_HISTORY_AGE:30s"
+		[AUTH]=""
+		[AUTH_DENY]="ROOMCAST_AUTH_DENY_BY_DEFAULT:true"
+	)
+	# The token profiles: fresh keys (tests/scenarios/tokens.py, PyJWT and cryptography),
+	# their public halves and the secret as the Worker's variables, the whole set handed
+	# to the tests (ROOMCAST_AUTH_KEYS) to mint tokens with.
+	local keys="$tmp/auth-keys.json"
+	"$PY" "$ROOT/tests/scenarios/tokens.py" "$keys"
+	local auth_vars=(
+		--var "ROOMCAST_AUTH_SECRET:$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["secret"])' "$keys")"
+		--var "ROOMCAST_AUTH_PUBLIC_KEY:$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_keys"])' "$keys")"
+		--var "ROOMCAST_AUTH_AUDIENCE:roomcast-tests"
+		--var "ROOMCAST_AUTH_ISSUER:https://issuer.test"
 	)
 	local -A port pid
 	local name p
 	for name in "${!vars[@]}"; do
 		p="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 		port[$name]=$p
-		ROOMCAST_STATE_DIR="$tmp/state-$name" "$wdir/run-local.sh" "$p" \
-			${vars[$name]:+--var "${vars[$name]}"} >"$logs/$name.log" 2>&1 &
+		local args=()
+		if [[ $name == AUTH* ]]; then args=("${auth_vars[@]}"); fi
+		if [[ -n ${vars[$name]} ]]; then args+=(--var "${vars[$name]}"); fi
+		ROOMCAST_STATE_DIR="$tmp/state-$name" "$wdir/run-local.sh" "$p" "${args[@]}" \
+			>"$logs/$name.log" 2>&1 &
 		pid[$name]=$!
 	done
 	local deadline=$((SECONDS + 240))
@@ -77,6 +93,9 @@ worker_tests() {
 				ROOMCAST_WS_URL_ORIGIN="ws://127.0.0.1:${port[ORIGIN]}$hub" \
 				ROOMCAST_WS_URL_ROOM_LIMIT="ws://127.0.0.1:${port[ROOM_LIMIT]}$hub" \
 				ROOMCAST_WS_URL_NO_ROOM_CREATION="ws://127.0.0.1:${port[NO_ROOM_CREATION]}$hub" \
+				ROOMCAST_WS_URL_AUTH="ws://127.0.0.1:${port[AUTH]}$hub" \
+				ROOMCAST_WS_URL_AUTH_DENY="ws://127.0.0.1:${port[AUTH_DENY]}$hub" \
+				ROOMCAST_AUTH_KEYS="$keys" \
 				bounded 1200 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" "${extra[@]}"
 		) || rc=$?
 		junit_count "$xml"

@@ -1,5 +1,6 @@
-"""Signed tokens against a real server: every token here is minted by PyJWT (with
-`cryptography` for the keys), never by roomcast, with fresh keys per run.
+"""Signed tokens against a real server, native or the Worker: every token here is minted
+by PyJWT (with `cryptography` for the keys, tokens.py), never by roomcast, with fresh
+keys per run.
 
 The AUTH server takes an HS256 secret and RS256, ES256 and EdDSA public keys (each with a
 kid), an audience and an issuer (PROTOCOL.md "Identity", "Authorization").
@@ -15,75 +16,39 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from conftest import Endpoint, require, start_server
+from conftest import Endpoint, _http_from_ws, require, start_server
 from rc import TIMEOUT, Client, close_code, uid, with_query
-
-AUD = "roomcast-tests"
-ISS = "https://issuer.test"
-ALGS = ["HS256", "RS256", "ES256", "EdDSA"]
-
-
-@dataclass
-class Keys:
-    secret: str
-    signing: dict  # alg -> (private key or secret, kid or None)
-    others: dict  # alg -> a key the server does not know
-    rsa_public_pem: bytes
-
-    def mint(self, alg: str = "HS256", key=None, headers=None, **claims) -> str:
-        k, kid = self.signing[alg]
-        body = {"aud": AUD, "iss": ISS, "exp": int(time.time()) + 300, **claims}
-        h = {"kid": kid} if kid else {}
-        h.update(headers or {})
-        return jwt.encode(body, key if key is not None else k, algorithm=alg, headers=h or None)
-
-
-def _pem(key) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+from tokens import ALGS, AUD, ISS, Keys, generate
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    secret = os.urandom(32).hex()
-    r = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    e = ec.generate_private_key(ec.SECP256R1())
-    d = ed25519.Ed25519PrivateKey.generate()
-    return Keys(
-        secret=secret,
-        signing={"HS256": (secret, None), "RS256": (r, "rsa-1"), "ES256": (e, "ec-1"), "EdDSA": (d, "ed-1")},
-        others={
-            "HS256": os.urandom(32).hex(),
-            "RS256": rsa.generate_private_key(public_exponent=65537, key_size=2048),
-            "ES256": ec.generate_private_key(ec.SECP256R1()),
-            "EdDSA": ed25519.Ed25519PrivateKey.generate(),
-        },
-        rsa_public_pem=_pem(r),
-    )
+    """Fresh keys, or (ROOMCAST_AUTH_KEYS) those a preconfigured server was started with."""
+    path = os.environ.get("ROOMCAST_AUTH_KEYS")
+    if path:
+        return Keys.from_json(Path(path).read_text())
+    return generate()
 
 
 def _auth_server(keys: Keys, *extra: str, name: str):
+    """A server with these keys: ROOMCAST_WS_URL_<NAME> (started with the keys of
+    ROOMCAST_AUTH_KEYS, as scripts/test.sh starts the Worker's), else a native one."""
+    url = os.environ.get(f"ROOMCAST_WS_URL_{name.upper().replace('-', '_')}")
+    if url:
+        assert os.environ.get("ROOMCAST_AUTH_KEYS"), f"{name}: a preconfigured server needs ROOMCAST_AUTH_KEYS"
+        yield Endpoint(url, _http_from_ws(url))
+        return
     require("spawn_configured")
     folder = Path(tempfile.mkdtemp(prefix="roomcast-keys-"))
     pem = folder / "keys.pem"
-    ((r, rk), (e, ek), (d, dk)) = (keys.signing[a] for a in ("RS256", "ES256", "EdDSA"))
-    pem.write_bytes(
-        b"# rotation: one block per key, each named by the line before it\n"
-        + f"kid: {rk}\n".encode() + _pem(r)
-        + f"kid: {ek}\n".encode() + _pem(e)
-        + f"kid: {dk}\n".encode() + _pem(d)
-    )
+    pem.write_text("# rotation: one block per key, each named by the line before it\n" + keys.public_keys())
     flags = ["--auth-secret", keys.secret, "--auth-public-key", str(pem),
              "--auth-audience", AUD, "--auth-issuer", ISS, *extra]
     s = start_server(*flags, name=name)
@@ -93,9 +58,6 @@ def _auth_server(keys: Keys, *extra: str, name: str):
 
 @pytest.fixture(scope="module")
 def auth_server(keys):
-    url = os.environ.get("ROOMCAST_WS_URL_AUTH")
-    if url:
-        pytest.skip("AUTH needs this run's keys; a preconfigured server cannot have them")
     yield from _auth_server(keys, name="auth")
 
 

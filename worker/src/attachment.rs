@@ -117,6 +117,7 @@ mod tests {
                 seq: 3,
             }],
             channels: vec!["c".into()],
+            auth: None,
         };
         assert_eq!(
             Attachment::decode(Some(&snap.to_json())).unwrap(),

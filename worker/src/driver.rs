@@ -358,6 +358,7 @@ impl Driver {
     fn on_event(&mut self, ev: Event, errors: &mut Vec<StoreError>, store: &mut impl Store) {
         match ev {
             Event::Connected { conn, .. }
+            | Event::AuthChanged { conn }
             | Event::Subscribed { conn, .. }
             | Event::Unsubscribed { conn, .. } => {
                 self.dirty.insert(conn);

@@ -10,6 +10,7 @@
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, HashMap};
 
+use roomcast_core::auth::AuthError;
 use roomcast_core::close;
 use roomcast_core::handshake::{self, Reject, RejectReason};
 use roomcast_core::hub::{
@@ -141,9 +142,23 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Ok(s) => s,
         Err(e) => return misconfigured(&e),
     };
-    // Refuse bad handshakes here, without waking the hub.
-    if let Err(r) = handshake::accept(&core_request(&req)?, &settings.policy) {
+    // Refuse bad handshakes here, without waking the hub: a bad token in the URL too
+    // (the Durable Object checks it again, with the same core: nothing the Worker could
+    // pass along would be harder to forge than the token itself).
+    let core_req = core_request(&req)?;
+    if let Err(r) = handshake::accept(&core_req, &settings.policy) {
         return reject(&r);
+    }
+    if let Some(v) = settings.hub.auth.as_ref().filter(|v| v.enabled()) {
+        if let Some(token) = core_req.query_param("token") {
+            let refused = match token {
+                Ok(t) => v.connection(&t, now().as_millis()).err(),
+                Err(_) => Some(AuthError::Malformed),
+            };
+            if refused.is_some() {
+                return reject(&Reject::new(401, RejectReason::Unauthorized));
+            }
+        }
     }
     let stub = env
         .durable_object(HUB_BINDING)?
@@ -509,14 +524,23 @@ impl DurableObject for HubObject {
         let now = now();
         {
             let mut live = self.live(now)?;
+            let token = match core_req.query_param("token") {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(_)) => return reject(&Reject::new(401, RejectReason::Unauthorized)),
+            };
             let request = ConnectRequest {
                 user,
+                token,
                 ..ConnectRequest::default()
             };
             let conn = match live.driver.connect(now, request) {
                 Ok(conn) => conn,
                 Err(ConnectError::BadUser) => {
                     return reject(&Reject::new(400, RejectReason::BadUser))
+                }
+                Err(ConnectError::Unauthorized(_)) => {
+                    return reject(&Reject::new(401, RejectReason::Unauthorized))
                 }
                 // Full (and anything a later core refuses for): try again later.
                 Err(_) => return reject(&Reject::new(503, RejectReason::ServerFull)),

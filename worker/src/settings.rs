@@ -6,6 +6,9 @@
 //! protocol pings (workerd owns the sockets and an idle hub must be able to sleep), and
 //! history is on by default because a Durable Object keeps it in its own storage.
 
+use std::sync::Arc;
+
+use roomcast_core::auth::{AuthSettings, AuthSettingsError};
 use roomcast_core::handshake::ServerPolicy;
 use roomcast_core::hub::{HeartbeatConfig, HistoryConfig, HubConfig};
 use roomcast_core::values;
@@ -20,6 +23,11 @@ pub const DEFAULT_HISTORY: usize = 100;
 /// Every variable read, for documentation and error messages.
 pub const VARIABLES: &[&str] = &[
     "ROOMCAST_ALLOWED_ORIGIN",
+    "ROOMCAST_AUTH_SECRET",
+    "ROOMCAST_AUTH_PUBLIC_KEY",
+    "ROOMCAST_AUTH_AUDIENCE",
+    "ROOMCAST_AUTH_ISSUER",
+    "ROOMCAST_AUTH_DENY_BY_DEFAULT",
     "ROOMCAST_MAX_CONNECTIONS",
     "ROOMCAST_MAX_MESSAGE_SIZE",
     "ROOMCAST_HISTORY",
@@ -128,6 +136,10 @@ impl Settings {
         if let Some((name, v)) = get("ROOMCAST_RATE_LIMIT_GRACE") {
             hub.rate_limit.grace_ms = parse_millis(name, &v)?;
         }
+        hub.auth = auth_settings(&get)?
+            .verifier()
+            .map_err(auth_error)?
+            .map(Arc::new);
         let allowed_origins = get("ROOMCAST_ALLOWED_ORIGIN")
             .map(|(_, v)| {
                 v.split(',')
@@ -144,6 +156,41 @@ impl Settings {
                 subprotocols: vec![SUBPROTOCOL.to_owned()],
             },
         })
+    }
+}
+
+/// The `ROOMCAST_AUTH_*` variables (the secret as a Worker secret; the public keys as
+/// PEM text, blocks named by `kid:` lines, as in a native key file).
+fn auth_settings(
+    get: &impl Fn(&'static str) -> Option<(&'static str, String)>,
+) -> Result<AuthSettings, SettingsError> {
+    let deny_by_default = match get("ROOMCAST_AUTH_DENY_BY_DEFAULT") {
+        Some((name, v)) => parse_bool(name, &v)?,
+        None => false,
+    };
+    Ok(AuthSettings {
+        secret: get("ROOMCAST_AUTH_SECRET").map(|(_, v)| v),
+        public_keys: get("ROOMCAST_AUTH_PUBLIC_KEY")
+            .map(|(_, v)| vec![v])
+            .unwrap_or_default(),
+        audience: get("ROOMCAST_AUTH_AUDIENCE").map(|(_, v)| v),
+        issuer: get("ROOMCAST_AUTH_ISSUER").map(|(_, v)| v),
+        deny_by_default,
+    })
+}
+
+/// Names the variable at fault, never its value (a secret in an error page or a log is
+/// a leaked secret).
+fn auth_error(e: AuthSettingsError) -> SettingsError {
+    let name = match e {
+        AuthSettingsError::Secret(_) => "ROOMCAST_AUTH_SECRET",
+        AuthSettingsError::PublicKey { .. } => "ROOMCAST_AUTH_PUBLIC_KEY",
+        _ => "ROOMCAST_AUTH_SECRET",
+    };
+    SettingsError {
+        name,
+        value: "(not shown)".to_owned(),
+        problem: e.to_string(),
     }
 }
 
@@ -323,5 +370,30 @@ mod tests {
             assert_eq!(e.name, k);
             assert!(e.to_string().starts_with(k), "{e}");
         }
+    }
+
+    #[test]
+    fn auth_variables_make_the_verifier_and_errors_never_show_the_secret() {
+        let s = with(&[
+            ("ROOMCAST_AUTH_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("ROOMCAST_AUTH_AUDIENCE", "roomcast"),
+            ("ROOMCAST_AUTH_DENY_BY_DEFAULT", "true"),
+        ])
+        .unwrap();
+        let v = s.hub.auth.expect("tokens required");
+        assert!(v.enabled() && v.config().deny_by_default);
+        assert_eq!(v.config().audience.as_deref(), Some("roomcast"));
+        assert!(
+            with(&[]).unwrap().hub.auth.is_none(),
+            "no key: the open default"
+        );
+
+        let e = with(&[("ROOMCAST_AUTH_SECRET", "hunter2-hunter2")]).unwrap_err();
+        assert_eq!(e.name, "ROOMCAST_AUTH_SECRET");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = with(&[("ROOMCAST_AUTH_PUBLIC_KEY", "not a key")]).unwrap_err();
+        assert_eq!(e.name, "ROOMCAST_AUTH_PUBLIC_KEY");
+        let e = with(&[("ROOMCAST_AUTH_ISSUER", "iss")]).unwrap_err();
+        assert!(e.problem.contains("need an auth secret"), "{e}");
     }
 }

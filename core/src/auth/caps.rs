@@ -81,6 +81,16 @@ impl Ops {
         self.0 & op.bit() != 0
     }
 
+    /// The set as bits, for snapshots.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// A set from [`Ops::bits`]; bits of no op are dropped.
+    pub fn from_bits(bits: u8) -> Ops {
+        Ops(bits & 31)
+    }
+
     fn insert(&mut self, op: Op) {
         self.0 |= op.bit();
     }
@@ -169,6 +179,8 @@ struct GrantWire {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Caps {
     grants: Vec<Grant>,
+    /// The claim as it was signed, kept so a hibernated hub can rebuild the same rights.
+    claim: Box<str>,
 }
 
 impl Caps {
@@ -194,7 +206,15 @@ impl Caps {
                 ops: Ops::parse(scope, &g.allow)?,
             });
         }
-        Ok(Caps { grants })
+        Ok(Caps {
+            grants,
+            claim: raw.get().into(),
+        })
+    }
+
+    /// The claim these rights came from (JSON), for snapshots.
+    pub fn claim(&self) -> &str {
+        &self.claim
     }
 
     /// Whether some grant allows `op` on the target `name` of kind `scope`.

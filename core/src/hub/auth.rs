@@ -30,6 +30,9 @@ pub(crate) struct ConnAuth {
     pub(crate) caps: Option<Caps>,
     /// Rooms opened by room tokens, with what each grants until when.
     pub(crate) rooms: Vec<(Box<str>, RoomGrant)>,
+    /// The token's `info` (JSON object), also in the connection's `peer_json`; kept for
+    /// snapshots.
+    pub(crate) info: Option<Box<str>>,
 }
 
 impl ConnAuth {
@@ -40,6 +43,7 @@ impl ConnAuth {
             warned: false,
             caps: None,
             rooms: Vec::new(),
+            info: None,
         }
     }
 
@@ -109,6 +113,7 @@ impl Hub {
         let timeout = self.verifier().map(|v| v.config().auth_timeout);
         let until = now.saturating_add(timeout.unwrap_or_default());
         self.conns[s].auth = Some(Box::new(ConnAuth::pending(until)));
+        self.auth_changed(s);
     }
 
     /// Admits slot `s` as the verified identity: user and `info`, `welcome`, the
@@ -132,6 +137,7 @@ impl Hub {
             warned: false,
             caps,
             rooms: Vec::new(),
+            info: info.as_deref().map(|r| r.get().into()),
         }));
         self.index.add_user(&user, id);
         let welcome = messages::welcome(
@@ -200,6 +206,7 @@ impl Hub {
             a.warned = false;
             a.caps = identity.caps;
         }
+        self.auth_changed(s);
         self.send(id, &messages::ack(req_id));
         self.schedule_conn(id);
         Ok(())
@@ -276,6 +283,7 @@ impl Hub {
                 None => a.rooms.push((room.into(), grant)),
             }
         }
+        self.auth_changed(s);
         self.schedule_conn(id);
     }
 
@@ -286,8 +294,20 @@ impl Hub {
         };
         if !a.rooms.is_empty() {
             let room = &self.index.rooms[rk].name;
+            let before = a.rooms.len();
             a.rooms.retain(|(r, _)| **r != **room);
+            if a.rooms.len() != before {
+                self.auth_changed(s);
+            }
         }
+    }
+
+    /// Tells the adapter that slot `s`'s token state changed (a Durable Object saves it
+    /// with the connection, to rebuild the same rights after hibernating).
+    fn auth_changed(&mut self, s: usize) {
+        self.fanout.event(Event::AuthChanged {
+            conn: self.conns[s].id,
+        });
     }
 
     /// The next moment a token of slot `s` needs the hub.
@@ -346,6 +366,9 @@ impl Hub {
             .map(|(r, _)| r.clone())
             .collect();
         a.rooms.retain(|(_, g)| g.expires_unix_ms > now_unix);
+        if warn.is_some() || !expired.is_empty() {
+            self.auth_changed(s);
+        }
         if let Some(in_ms) = warn {
             self.send(id, &messages::expiring(in_ms));
         }

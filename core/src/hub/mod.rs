@@ -43,7 +43,10 @@ mod types;
 
 pub use config::{HeartbeatConfig, HistoryConfig, HubConfig};
 pub use input::{Handled, Input, Recipient};
-pub use snapshot::{ChannelSnapshot, ConnSnapshot, HistorySnapshot, RoomMembership, RoomSnapshot};
+pub use snapshot::{
+    AuthSnapshot, ChannelSnapshot, ConnSnapshot, HistorySnapshot, RoomGrantSnapshot,
+    RoomMembership, RoomSnapshot,
+};
 pub use types::{
     ConnId, ConnInfo, ConnState, ConnectError, ConnectRequest, Delivery, Destination,
     DisconnectReason, Event, Forward, HubError, Origin, Output, Published, RoomOptions, Stats,

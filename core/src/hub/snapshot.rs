@@ -8,9 +8,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::auth::ConnAuth;
 use super::conns::{Conn, Conns};
 use super::history::HistoryEntry;
+use super::types::ConnState;
 use super::{ConnId, Hub, HubConfig};
+use crate::auth::{Caps, Ops, RoomGrant};
 use crate::outgoing::Outgoing;
 use crate::ratelimit::TokenBucket;
 use crate::time::Timestamp;
@@ -51,6 +54,47 @@ pub struct ConnSnapshot {
     /// Channels it subscribes to.
     #[serde(rename = "cs", default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// Its token state, on a hub that checks tokens.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Box<AuthSnapshot>>,
+}
+
+/// A connection's token state: what it may do and until when. The token itself is
+/// never kept, only what the hub read from it when it was verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthSnapshot {
+    /// Still waiting for its first `auth`, until then (hub clock, ms).
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub pending_until: Option<u64>,
+    /// The token's `exp` on the hub clock (ms).
+    #[serde(rename = "e")]
+    pub expires: u64,
+    /// `expiring` already sent.
+    #[serde(rename = "n", default, skip_serializing_if = "std::ops::Not::not")]
+    pub warned: bool,
+    /// The `caps` claim (JSON), when the token had one.
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub caps: Option<String>,
+    /// The `info` claim (JSON object), when the token had one.
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<String>,
+    /// Rooms opened by room tokens.
+    #[serde(rename = "g", default, skip_serializing_if = "Vec::is_empty")]
+    pub room_grants: Vec<RoomGrantSnapshot>,
+}
+
+/// One room token's grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomGrantSnapshot {
+    /// The room.
+    #[serde(rename = "r")]
+    pub room: String,
+    /// Its `exp`, Unix ms.
+    #[serde(rename = "e")]
+    pub expires_unix_ms: u64,
+    /// What it allows ([`crate::auth::Ops::bits`]).
+    #[serde(rename = "o")]
+    pub ops: u8,
 }
 
 impl ConnSnapshot {
@@ -109,10 +153,14 @@ pub struct ChannelSnapshot {
 }
 
 impl Hub {
-    /// Snapshot of one connection (open ones only).
+    /// Snapshot of one connection (open ones only, those still waiting for `auth`
+    /// included).
     pub fn snapshot_conn(&self, id: ConnId) -> Option<ConnSnapshot> {
-        let s = self.conns.open_slot(id).ok()?;
+        let s = self.conns.slot_of(id).ok()?;
         let c = &self.conns[s];
+        if c.state != ConnState::Open {
+            return None;
+        }
         Some(ConnSnapshot {
             id: id.as_u64(),
             wire: c.wire.to_string(),
@@ -132,6 +180,24 @@ impl Hub {
                 .iter()
                 .map(|&ck| self.index.channels[ck].name.to_string())
                 .collect(),
+            auth: c.auth.as_deref().map(|a| {
+                Box::new(AuthSnapshot {
+                    pending_until: a.pending_until.map(|t| t.0),
+                    expires: a.expires.0,
+                    warned: a.warned,
+                    caps: a.caps.as_ref().map(|c| c.claim().to_owned()),
+                    info: a.info.as_deref().map(str::to_owned),
+                    room_grants: a
+                        .rooms
+                        .iter()
+                        .map(|(room, g)| RoomGrantSnapshot {
+                            room: room.to_string(),
+                            expires_unix_ms: g.expires_unix_ms,
+                            ops: g.ops.bits(),
+                        })
+                        .collect(),
+                })
+            }),
         })
     }
 
@@ -220,7 +286,7 @@ impl Hub {
                 .as_deref()
                 .filter(|u| crate::protocol::valid_name(u))
                 .map(Arc::from);
-            let conn = Conn::new(
+            let mut conn = Conn::new(
                 id,
                 snap.wire.clone(),
                 user,
@@ -228,6 +294,9 @@ impl Hub {
                 Timestamp(snap.connected_at),
                 TokenBucket::new(&hub.config.rate_limit, now),
             );
+            if let Some(a) = &snap.auth {
+                restore_auth(&mut conn, a);
+            }
             entries.push((id.slot(), conn));
         }
         hub.conns = Conns::restore(entries);
@@ -281,4 +350,40 @@ impl Hub {
         }
         hub
     }
+}
+
+/// Rebuilds a connection's token state. Storage is ours, but a claim that no longer
+/// parses must fail closed: unreadable caps become no rights.
+fn restore_auth(conn: &mut Conn, a: &AuthSnapshot) {
+    let info = a
+        .info
+        .as_deref()
+        .filter(|i| serde_json::from_str::<&RawValue>(i).is_ok());
+    if let (Some(user), Some(info)) = (conn.user.clone(), info) {
+        conn.set_identity(user, Some(info));
+    }
+    let caps = a.caps.as_deref().map(|c| {
+        serde_json::from_str::<&RawValue>(c)
+            .ok()
+            .and_then(|raw| Caps::parse(raw).ok())
+            .unwrap_or_default()
+    });
+    conn.auth = Some(Box::new(ConnAuth {
+        pending_until: a.pending_until.map(Timestamp),
+        expires: Timestamp(a.expires),
+        warned: a.warned,
+        caps,
+        rooms: a
+            .room_grants
+            .iter()
+            .map(|g| {
+                let grant = RoomGrant {
+                    expires_unix_ms: g.expires_unix_ms,
+                    ops: Ops::from_bits(g.ops),
+                };
+                (Box::from(g.room.as_str()), grant)
+            })
+            .collect(),
+        info: info.map(Box::from),
+    }));
 }

@@ -200,6 +200,13 @@ pub enum Event {
         /// The error code sent back.
         code: ErrorCode,
     },
+    /// A connection's token state changed: admitted to wait for `auth`, token renewed,
+    /// `expiring` sent, a room token kept or spent. For adapters that persist
+    /// [`super::Hub::snapshot_conn`] (a Durable Object's socket attachments).
+    AuthChanged {
+        /// The connection.
+        conn: ConnId,
+    },
     /// A token was refused (the connection is closed 4001). For logs and metrics: the
     /// reason is never sent to the client, and the token itself is never kept.
     TokenRefused {

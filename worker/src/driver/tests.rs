@@ -628,6 +628,7 @@ fn unusable_sockets_are_reported_lost() {
         connected_at: 0,
         rooms: vec![],
         channels: vec![],
+        auth: None,
     };
     let saved = vec![
         SavedSocket {
@@ -688,4 +689,141 @@ fn a_send_to_a_dead_socket_disconnects_it() {
         "{r:?}"
     );
     assert_eq!(o.live().hub().room_size("r"), Some(1));
+}
+
+// --- tokens across an eviction ----------------------------------------------------------
+
+const SECRET: &[u8] = b"worker-tests-secret-worker-tests";
+
+fn auth_config() -> HubConfig {
+    let settings = roomcast_core::auth::AuthSettings {
+        secret: Some(String::from_utf8(SECRET.to_vec()).unwrap()),
+        deny_by_default: true,
+        ..Default::default()
+    };
+    HubConfig {
+        auth: settings.verifier().unwrap().map(std::sync::Arc::new),
+        ..history_config(10)
+    }
+}
+
+/// An HS256 token with these claims (`exp` in seconds from the test clock's start).
+fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
+impl Object {
+    /// Connects with `req`; returns what the socket got first (nothing while it waits
+    /// for `auth`).
+    fn connect_with(&mut self, req: ConnectRequest) -> (ConnId, Vec<Value>) {
+        let now = Timestamp(self.now);
+        let id = self.live().connect(now, req).unwrap();
+        self.sockets.map.insert(id, Socket::default());
+        self.flush();
+        (id, self.sockets.take(id))
+    }
+
+    /// Runs the hub's timers due by now, as the alarm does.
+    fn alarm(&mut self) {
+        let now = Timestamp(self.now);
+        self.live().timeout(now);
+        self.flush();
+    }
+}
+
+#[test]
+fn token_rights_room_tokens_and_waiting_connections_survive_an_eviction() {
+    let mut o = Object::new(auth_config());
+    let t0 = o.now / 1000; // the worker's clock is Unix time
+    let info = json!({"name": "Ada"});
+    let caps = json!([{"rooms": ["game:*"], "allow": ["join", "presence"]}]);
+    let (a, got) = o.connect_with(ConnectRequest {
+        token: Some(token(
+            json!({"sub": "ada", "exp": t0 + 600, "info": info, "caps": caps}),
+        )),
+        ..ConnectRequest::default()
+    });
+    assert_eq!(got[0]["user"], "ada");
+    assert_eq!(got[0]["info"], info);
+    assert_eq!(
+        ack(&o.send(a, json!({"type":"join","room":"game:1"})))["room"],
+        "game:1"
+    );
+    let vip = token(json!({"sub": "ada", "room": "vip", "exp": t0 + 60}));
+    assert_eq!(
+        ack(&o.send(a, json!({"type":"join","room":"vip","token": vip})))["room"],
+        "vip"
+    );
+    // A connection that has not sent `auth` yet.
+    let (p, got) = o.connect_with(ConnectRequest::default());
+    assert!(got.is_empty(), "no welcome before auth: {got:?}");
+
+    o.evict();
+
+    // The caps came back: deny-by-default still refuses what no grant allows.
+    let r = o.send(a, json!({"type":"join","room":"lobby","id":1}));
+    assert_eq!(r[0]["code"], "forbidden", "{r:?}");
+    assert_eq!(
+        ack(&o.send(a, json!({"type":"join","room":"game:2"})))["room"],
+        "game:2"
+    );
+    // The room token came back: publishing in vip is allowed.
+    assert_eq!(
+        ack(&o.send(a, json!({"type":"publish","room":"vip","event":"e"})))["delivered"],
+        0
+    );
+    // info came back with the user: others see it.
+    let (b, _) = o.connect_with(ConnectRequest {
+        token: Some(token(json!({"sub": "bob", "exp": t0 + 600, "caps": caps}))),
+        ..ConnectRequest::default()
+    });
+    let r = o.send(b, json!({"type":"join","room":"game:1","presence":true}));
+    let present = ack(&r)["present"].as_array().unwrap().clone();
+    let ada = present
+        .iter()
+        .find(|e| e["user"] == "ada")
+        .expect("ada present");
+    assert_eq!(ada["info"], info);
+    // The waiting connection still waits, and only `auth` lets it in.
+    let r = o.send(
+        p,
+        json!({"type":"auth","token": token(json!({"sub": "pat", "exp": t0 + 600}))}),
+    );
+    assert_eq!(r[0]["type"], "welcome", "{r:?}");
+    assert_eq!(r[0]["user"], "pat");
+
+    // Evicted again, the room token still runs out on time: `left`, token_expired.
+    o.evict();
+    o.now = (t0 + 60) * 1000;
+    o.alarm();
+    let got = o.sockets.take(a);
+    assert!(
+        got.contains(&json!({"type":"left","room":"vip","reason":"token_expired"})),
+        "{got:?}"
+    );
+    // And the connection token's `expiring` 30 s before its exp.
+    o.evict();
+    o.now = (t0 + 570) * 1000;
+    o.alarm();
+    let got = o.sockets.take(a);
+    assert!(
+        got.contains(&json!({"type":"expiring","in_ms":30_000})),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_waiting_connection_evicted_past_its_deadline_is_closed_4001() {
+    let mut o = Object::new(auth_config());
+    let (p, _) = o.connect_with(ConnectRequest::default());
+    o.evict();
+    o.now += 10_000;
+    o.alarm();
+    let closed = o.sockets.map[&p].closed.clone();
+    assert_eq!(closed, Some((4001, "auth timeout".to_owned())));
 }
