@@ -11,7 +11,15 @@
 //!   while offline (bounded, oldest dropped, with a count);
 //! - every request carries an id and an ack deadline;
 //! - application heartbeat: `{"type":"ping"}` every interval from the welcome, and a
-//!   connection with no message for `timeout_ms` after a ping is declared dead.
+//!   connection with no message for `timeout_ms` after a ping is declared dead;
+//! - tokens ([`ClientConfig::token`]): a fresh one is asked of the application
+//!   ([`ClientOutput::FetchToken`]) before every connect and when the server says the
+//!   current one is `expiring`; it travels as the first message `auth`, never in the
+//!   URL. A 4001 close reconnects with a new token; 4003 (and 1008, 1009) ends the
+//!   client: retrying could not change the server's mind;
+//! - rooms the server put the connection in (`joined`: a token's `rooms` claim, the
+//!   server API, a hook) are tracked like the application's own joins, and `left`
+//!   forgets them.
 //!
 //! Sockets are numbered: every [`ClientOutput::Connect`] names a new socket id and the
 //! adapter passes it back with each input, so late events from a socket the machine has
@@ -22,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::close::code as close;
 use crate::protocol::{self, HEARTBEAT_PING};
 use crate::rng::Rng;
 use crate::time::{Clock, Timestamp};
@@ -41,8 +50,13 @@ pub struct ClientConfig {
     pub offline_queue: usize,
     /// How long a request waits for its ack before failing with `timeout`.
     pub ack_timeout_ms: u64,
-    /// How long a socket may take to open and send its welcome.
+    /// How long a socket may take to open and send its welcome (and, with
+    /// [`ClientConfig::token`], how long the application may take to supply a token).
     pub connect_timeout_ms: u64,
+    /// The server wants a signed token: the machine asks the application for one
+    /// ([`ClientOutput::FetchToken`]) before every connect and on `expiring`, because a
+    /// token is short-lived and only the application knows how to get a new one.
+    pub token: bool,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +69,7 @@ impl Default for ClientConfig {
             offline_queue: 256,
             ack_timeout_ms: 10_000,
             connect_timeout_ms: 10_000,
+            token: false,
         }
     }
 }
@@ -73,20 +88,23 @@ pub enum ClientState {
         /// Delay before it, in ms.
         delay_ms: u64,
     },
-    /// Closed for good: by [`Client::close`], or by the server with 1008/1009.
+    /// Closed for good: by [`Client::close`], or by the server with 1008, 1009 or 4003.
     Closed {
         /// The close code that ended it, if a server sent one.
         code: Option<u16>,
     },
 }
 
-/// A `{conn, user}` pair as the server shows connections.
+/// A connection as the server shows it: `{conn, user, info}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Peer {
     /// Opaque connection id.
     pub conn: String,
     /// User, if any.
     pub user: Option<String>,
+    /// The user's public profile from their token's `info` claim, if any.
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
 }
 
 /// Where a delivered message came through.
@@ -131,6 +149,25 @@ pub enum ClientEvent {
         conn: String,
         /// Our user as the server sees it.
         user: Option<String>,
+        /// Our public profile (the token's `info` claim), if any.
+        info: Option<serde_json::Value>,
+    },
+    /// The server put this connection in a room (a token's `rooms` claim, the server
+    /// API, a hook): it is now tracked like a room joined by [`Client::join`], rejoined
+    /// with recovery after a reconnect.
+    Joined {
+        /// The room.
+        room: String,
+        /// The server's raw `joined` message (members, epoch, seq).
+        body: String,
+    },
+    /// The server took this connection out of a room (`server`, `room_removed`,
+    /// `token_expired`): it is no longer rejoined.
+    Left {
+        /// The room.
+        room: String,
+        /// Why, as the server said.
+        reason: String,
     },
     /// A message arrived (exactly once per room seq).
     Message(Message),
@@ -208,6 +245,12 @@ pub enum ClientOutput {
         /// Reason.
         reason: String,
     },
+    /// The application must supply a token: answer with [`Client::handle_token`] and
+    /// this ticket (a late answer to an older ticket is ignored).
+    FetchToken {
+        /// Echo this back.
+        ticket: u64,
+    },
     /// For the application.
     Event(ClientEvent),
 }
@@ -270,6 +313,10 @@ struct InFlight {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Waiting for the application's token before opening a socket.
+    Token {
+        since: Timestamp,
+    },
     /// Socket requested, waiting for open + welcome.
     Connecting {
         since: Timestamp,
@@ -305,6 +352,18 @@ pub struct Client {
     /// A ping was sent and nothing has arrived since.
     awaiting_since_ping: bool,
     outputs: VecDeque<ClientOutput>,
+    /// The last [`ClientOutput::FetchToken`] ticket; answers to older ones are stale.
+    token_ticket: u64,
+    /// What the awaited token is for, if one is awaited.
+    token_use: Option<TokenUse>,
+    /// The token to send as `auth` once the current socket opens.
+    connect_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenUse {
+    Connect,
+    Refresh,
 }
 
 #[derive(Deserialize)]
@@ -317,6 +376,10 @@ struct ServerMsg<'a> {
     conn: Option<String>,
     #[serde(default)]
     user: Option<String>,
+    #[serde(default)]
+    info: Option<serde_json::Value>,
+    #[serde(default)]
+    reason: Option<String>,
     #[serde(default)]
     room: Option<String>,
     #[serde(default)]
@@ -375,6 +438,9 @@ impl Client {
             last_ping: now,
             awaiting_since_ping: false,
             outputs: VecDeque::new(),
+            token_ticket: 0,
+            token_use: None,
+            connect_token: None,
         };
         c.open_socket(now);
         c.set_state(ClientState::Connecting);
@@ -413,7 +479,7 @@ impl Client {
             next = Some(next.map_or(t, |n: Timestamp| n.min(t)));
         };
         match self.phase {
-            Phase::Connecting { since } => consider(Timestamp(
+            Phase::Token { since } | Phase::Connecting { since } => consider(Timestamp(
                 since.0.saturating_add(self.config.connect_timeout_ms),
             )),
             Phase::Open { .. } => {
@@ -474,12 +540,31 @@ impl Client {
         self.send(text);
     }
 
+    /// Opens a new socket, first asking for a token when the server wants one.
     fn open_socket(&mut self, now: Timestamp) {
+        if self.config.token {
+            self.phase = Phase::Token { since: now };
+            self.fetch_token(TokenUse::Connect);
+        } else {
+            self.connect(now, None);
+        }
+    }
+
+    fn connect(&mut self, now: Timestamp, token: Option<String>) {
         self.socket += 1;
+        self.connect_token = token;
         self.phase = Phase::Connecting { since: now };
         self.outputs.push_back(ClientOutput::Connect {
             socket: self.socket,
             url: self.config.url.clone(),
+        });
+    }
+
+    fn fetch_token(&mut self, purpose: TokenUse) {
+        self.token_ticket += 1;
+        self.token_use = Some(purpose);
+        self.outputs.push_back(ClientOutput::FetchToken {
+            ticket: self.token_ticket,
         });
     }
 
@@ -630,6 +715,8 @@ impl Client {
         if self.phase == Phase::Closed && matches!(self.state, ClientState::Closed { .. }) {
             return;
         }
+        self.token_use = None;
+        self.connect_token = None;
         if matches!(self.phase, Phase::Open { .. } | Phase::Connecting { .. }) {
             self.outputs.push_back(ClientOutput::Close {
                 socket: self.socket,
@@ -702,10 +789,56 @@ impl Client {
     // -----------------------------------------------------------------------------------
     // Inputs
 
-    /// The socket opened (the server's welcome follows).
+    /// The socket opened (the server's welcome follows; with a token, after the
+    /// `auth` sent here as the first message).
     pub fn handle_open(&mut self, now: Timestamp, socket: u64) {
         self.clock.advance(now);
-        let _ = socket; // the welcome, not the open, moves us to Open
+        if socket != self.socket || !matches!(self.phase, Phase::Connecting { .. }) {
+            return;
+        }
+        if let Some(token) = self.connect_token.take() {
+            // no id: the answer is the welcome, or a close 4001
+            self.send(serde_json::json!({"type": "auth", "token": token}).to_string());
+        }
+    }
+
+    /// The application's answer to [`ClientOutput::FetchToken`]: a token, or why it has
+    /// none (a failed fetch counts as a failed connection attempt, with backoff; a
+    /// failed refresh is reported, and the server's 4001 then brings a reconnect).
+    pub fn handle_token(&mut self, now: Timestamp, ticket: u64, token: Result<String, String>) {
+        let now = self.clock.advance(now);
+        if ticket != self.token_ticket {
+            return;
+        }
+        let Some(purpose) = self.token_use.take() else {
+            return;
+        };
+        match (purpose, token) {
+            (TokenUse::Connect, Ok(t)) if matches!(self.phase, Phase::Token { .. }) => {
+                self.connect(now, Some(t));
+            }
+            (TokenUse::Connect, Err(e)) if matches!(self.phase, Phase::Token { .. }) => {
+                self.event(ClientEvent::Error {
+                    id: None,
+                    code: "token_unavailable".into(),
+                    message: e,
+                });
+                self.schedule_retry(now);
+            }
+            (TokenUse::Refresh, Ok(t)) if self.is_open() => {
+                let id = self.id();
+                let text = serde_json::json!({"type": "auth", "token": t, "id": id}).to_string();
+                self.request(id, Pending::Other, false, text);
+            }
+            (TokenUse::Refresh, Err(e)) if self.is_open() => {
+                self.event(ClientEvent::Error {
+                    id: None,
+                    code: "token_unavailable".into(),
+                    message: e,
+                });
+            }
+            _ => {} // the phase moved on meanwhile
+        }
     }
 
     /// A text message arrived on a socket.
@@ -731,6 +864,28 @@ impl Client {
                 }
             }
             "ack" => self.on_ack(msg, text),
+            "expiring" if self.config.token && self.token_use.is_none() => {
+                self.fetch_token(TokenUse::Refresh);
+            }
+            "joined" => self.on_joined(msg, text),
+            "left" => {
+                if let Some(room) = msg.room {
+                    if let Some(r) = self.rooms.remove(&room) {
+                        for w in r.waiting {
+                            self.in_flight.remove(&w);
+                            self.event(ClientEvent::Error {
+                                id: Some(w),
+                                code: "cancelled".into(),
+                                message: "the server took the connection out of the room".into(),
+                            });
+                        }
+                    }
+                    self.event(ClientEvent::Left {
+                        room,
+                        reason: msg.reason.unwrap_or_default(),
+                    });
+                }
+            }
             "error" => {
                 let id = msg.id.as_ref().and_then(|v| v.as_u64());
                 let visible = match id.and_then(|i| self.in_flight.remove(&i)) {
@@ -776,6 +931,7 @@ impl Client {
         self.event(ClientEvent::Welcome {
             conn: msg.conn.unwrap_or_default(),
             user: msg.user,
+            info: msg.info,
         });
         // rejoin, resubscribe, then flush: the server handles them in this order
         let rooms: Vec<(String, Option<u64>)> = self
@@ -801,6 +957,26 @@ impl Client {
         while let Some((id, kind, text)) = self.queue.pop_front() {
             self.request(id, kind, true, text);
         }
+    }
+
+    /// A server-initiated join: a room new to us is tracked from the epoch and seq the
+    /// server gives. A room we already track keeps its position: after a reconnect the
+    /// server's join (a token's `rooms`) comes before our rejoin, whose `since` must
+    /// still say what we last saw so the gap is replayed.
+    fn on_joined(&mut self, msg: ServerMsg<'_>, text: &str) {
+        let Some(room) = msg.room else { return };
+        self.rooms.entry(room.clone()).or_insert(RoomState {
+            presence: false,
+            epoch: msg.epoch,
+            last_seq: msg.seq,
+            pending_join: None,
+            held: Vec::new(),
+            waiting: Vec::new(),
+        });
+        self.event(ClientEvent::Joined {
+            room,
+            body: text.to_owned(),
+        });
     }
 
     fn on_message(&mut self, msg: ServerMsg<'_>) {
@@ -856,7 +1032,10 @@ impl Client {
                         r.last_seq = None;
                     }
                     r.epoch = epoch;
-                    let held = std::mem::take(&mut r.held);
+                    let mut held = std::mem::take(&mut r.held);
+                    // A replay can follow live messages (a room the server had already
+                    // put us in): deliver in seq order, each once.
+                    held.sort_by_key(|(seq, _)| *seq);
                     let mut deliver = Vec::new();
                     for (seq, m) in held {
                         if r.last_seq.is_some_and(|last| seq <= last) {
@@ -921,14 +1100,16 @@ impl Client {
             return;
         }
         match self.phase {
-            Phase::Closed | Phase::Waiting { .. } => {}
+            Phase::Closed | Phase::Waiting { .. } | Phase::Token { .. } => {}
             Phase::Connecting { .. } | Phase::Open { .. } => {
                 if let Phase::Open { since } = self.phase {
                     if now.0.saturating_sub(since.0) >= self.config.stable_after_ms {
                         self.attempt = 0;
                     }
                 }
-                if matches!(code, Some(1008) | Some(1009)) {
+                self.token_use = None;
+                self.connect_token = None;
+                if matches!(code, Some(1008) | Some(1009) | Some(close::FORBIDDEN)) {
                     self.phase = Phase::Closed;
                     self.fail_all("closed", "the server closed the connection");
                     self.set_state(ClientState::Closed { code });
@@ -1048,6 +1229,17 @@ impl Client {
             }
         }
         match self.phase {
+            Phase::Token { since } => {
+                if now.0.saturating_sub(since.0) >= self.config.connect_timeout_ms {
+                    self.token_use = None;
+                    self.event(ClientEvent::Error {
+                        id: None,
+                        code: "token_unavailable".into(),
+                        message: "no token from the application in time".into(),
+                    });
+                    self.schedule_retry(now);
+                }
+            }
             Phase::Connecting { since } => {
                 if now.0.saturating_sub(since.0) >= self.config.connect_timeout_ms {
                     self.outputs.push_back(ClientOutput::Close {

@@ -3,11 +3,21 @@
 //! back in its rooms and subscriptions, and must have received every room message
 //! exactly once and in order (history is on and long enough to cover every outage).
 //!
+//! Every third seed runs with signed tokens: short-lived (45 s of virtual time, so each
+//! is refreshed on `expiring` several times), fetched with a delay, sometimes not at all
+//! (the server then closes 4001 and the client reconnects with a new one), and naming
+//! one room in their `rooms` claim, so the server's join after each reconnect races the
+//! client's own rejoin of that room.
+//!
 //! `ROOMCAST_CLIENT_SIM_SEEDS=N` runs N seeds (default 30); `ROOMCAST_CLIENT_SIM_SEED=S`
 //! replays one.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use roomcast_core::auth::{AuthConfig, KeySet, Verifier};
 
 use roomcast_core::client::{
     Client, ClientConfig, ClientEvent, ClientOutput, ClientState, PublishTarget, Via,
@@ -19,6 +29,25 @@ use roomcast_core::rng::Rng;
 use roomcast_core::{ConnId, Hub, Timestamp};
 
 const ROOMS: [&str; 4] = ["r0", "r1", "r2", "r3"];
+const SECRET: &[u8] = b"client-sim-secret-0123456789abcdef";
+/// Unix ms at the hub's Timestamp(0).
+const T0_MS: u64 = 1_900_000_000_000;
+/// Token lifetime in virtual ms.
+const TOKEN_LIFE_MS: u64 = 45_000;
+
+fn mint(user: &str, now: u64, rooms: &[String]) -> String {
+    let claims = serde_json::json!({
+        "sub": user,
+        "exp": (T0_MS + now + TOKEN_LIFE_MS) / 1000,
+        "rooms": rooms,
+    });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET).expect("hs256 key"),
+    )
+    .expect("encodes")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
@@ -46,6 +75,12 @@ enum Ev {
     /// The hub learns the socket closed.
     HubClosed {
         link: usize,
+    },
+    /// The application answers a token request (or fails to).
+    Token {
+        client: usize,
+        ticket: u64,
+        ok: bool,
     },
 }
 
@@ -78,6 +113,12 @@ struct World {
     chaos: bool,
     cuts: u64,
     silences: u64,
+    /// Tokens on: the room each client's token names in its `rooms` claim.
+    token_rooms: Option<Vec<String>>,
+    /// Refreshes answered, token fetches that failed, 4001 closes seen by clients.
+    refreshes: u64,
+    token_failures: u64,
+    unauthorized: u64,
 }
 
 impl World {
@@ -85,6 +126,15 @@ impl World {
         let mut rng = Rng::from_u64(seed);
         let mut hs = [0u8; 32];
         rng.fill(&mut hs);
+        let tokens = seed % 3 == 0;
+        let auth = tokens.then(|| {
+            let mut keys = KeySet::new();
+            keys.add_secret(SECRET).expect("long enough");
+            Arc::new(Verifier::new(AuthConfig {
+                keys,
+                ..AuthConfig::default()
+            }))
+        });
         let hub = Hub::new(
             HubConfig {
                 heartbeat: HeartbeatConfig {
@@ -99,6 +149,8 @@ impl World {
                     ..HistoryConfig::default()
                 },
                 coalesce_room_messages: seed % 2 == 1,
+                auth,
+                clock_unix_ms: T0_MS,
                 ..HubConfig::default()
             },
             hs,
@@ -106,6 +158,7 @@ impl World {
         );
         let mut clients = Vec::new();
         let mut wanted_rooms = Vec::new();
+        let mut token_rooms = Vec::new();
         for _ in 0..n {
             let mut cs = [0u8; 32];
             rng.fill(&mut cs);
@@ -114,6 +167,7 @@ impl World {
                     url: "ws://sim/ws".into(),
                     backoff_initial_ms: 300,
                     backoff_max_ms: 5_000,
+                    token: tokens,
                     ..Default::default()
                 },
                 cs,
@@ -128,6 +182,8 @@ impl World {
             if rooms.is_empty() {
                 rooms.insert("r0".into());
             }
+            // with tokens, the first room comes from the token's `rooms` claim too
+            token_rooms.push(rooms.iter().next().cloned().expect("one room"));
             for r in &rooms {
                 c.join(r, rng.below_or_eq(3) == 0).expect("valid");
             }
@@ -150,6 +206,10 @@ impl World {
             chaos: false,
             cuts: 0,
             silences: 0,
+            token_rooms: tokens.then_some(token_rooms),
+            refreshes: 0,
+            token_failures: 0,
+            unauthorized: 0,
         }
     }
 
@@ -227,6 +287,23 @@ impl World {
                         let d = self.delay();
                         self.schedule(self.now + d, Ev::HubClosed { link });
                     }
+                }
+                ClientOutput::FetchToken { ticket } => {
+                    let d = self.delay() * 3;
+                    // fetches fail now and then until 20 s into the calm, so some
+                    // refreshes fail and the server's 4001 comes (by ~100 s)
+                    let ok = !(self.now < 60_000 && self.rng.below_or_eq(7) == 0);
+                    self.schedule(
+                        self.now + d,
+                        Ev::Token {
+                            client: i,
+                            ticket,
+                            ok,
+                        },
+                    );
+                }
+                ClientOutput::Event(ClientEvent::State(ClientState::Closed { code })) => {
+                    panic!("client {i} closed for good ({code:?}): it must keep retrying");
                 }
                 ClientOutput::Event(ClientEvent::Message(m)) => {
                     if let Via::Room { room, seq } = m.via {
@@ -360,7 +437,24 @@ impl World {
                     }
                 }
             }
+            Ev::Token { client, ticket, ok } => {
+                let answer = if ok {
+                    let rooms = self.token_rooms.as_ref().expect("tokens on")[client].clone();
+                    if self.clients[client].state() == &ClientState::Open {
+                        self.refreshes += 1;
+                    }
+                    Ok(mint(&format!("u{client}"), self.now, &[rooms]))
+                } else {
+                    self.token_failures += 1;
+                    Err("token service down".to_owned())
+                };
+                self.clients[client].handle_token(Timestamp(self.now), ticket, answer);
+                self.pump_client(client);
+            }
             Ev::ClientClosed { link, code } => {
+                if code == Some(4001) {
+                    self.unauthorized += 1;
+                }
                 let (c, s) = (self.links[link].client, self.links[link].socket);
                 self.clients[c].handle_close(Timestamp(self.now), s, code);
                 self.pump_client(c);
@@ -467,7 +561,7 @@ impl World {
     }
 }
 
-fn run_seed(seed: u64) -> (u64, u64, u64) {
+fn run_seed(seed: u64) -> (u64, u64, u64, [u64; 3]) {
     let mut w = World::new(seed, 16);
     for i in 0..w.clients.len() {
         w.pump_client(i);
@@ -539,7 +633,12 @@ fn run_seed(seed: u64) -> (u64, u64, u64) {
         w.clients.len(),
         "stale connections were reaped"
     );
-    (published, w.cuts, w.silences)
+    (
+        published,
+        w.cuts,
+        w.silences,
+        [w.refreshes, w.token_failures, w.unauthorized],
+    )
 }
 
 #[test]
@@ -553,13 +652,16 @@ fn reconnecting_clients_lose_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let (mut cuts, mut silences) = (0, 0);
+    let (mut cuts, mut silences, mut tok) = (0, 0, [0u64; 3]);
     for seed in 0..seeds {
         let r = std::panic::catch_unwind(|| run_seed(seed));
         match r {
-            Ok((_, c, s)) => {
+            Ok((_, c, s, t)) => {
                 cuts += c;
                 silences += s;
+                for k in 0..3 {
+                    tok[k] += t[k];
+                }
             }
             Err(e) => {
                 eprintln!("client simulation failed for seed {seed}; replay with:\n  ROOMCAST_CLIENT_SIM_SEED={seed} cargo test -p roomcast-core --test client_sim");
@@ -567,8 +669,16 @@ fn reconnecting_clients_lose_nothing() {
             }
         }
     }
-    eprintln!("{seeds} seeds: {cuts} cuts, {silences} half-open links");
+    eprintln!(
+        "{seeds} seeds: {cuts} cuts, {silences} half-open links; tokens: {} refreshes, {} failed fetches, {} closes 4001",
+        tok[0], tok[1], tok[2]
+    );
     if seeds >= 10 {
         assert!(cuts > seeds && silences > seeds, "chaos actually happened");
+        let token_seeds = seeds.div_ceil(3);
+        assert!(
+            tok[0] > token_seeds && tok[1] > 0 && tok[2] > 0,
+            "token refreshes, failed fetches and 4001 closes all happened"
+        );
     }
 }

@@ -18,6 +18,9 @@ use serde_json::value::RawValue;
 pub struct Options {
     /// Identity sent as `?user=NAME` (the server's open identity mode).
     pub user: Option<String>,
+    /// A fixed signed token (a function-valued `token` never reaches this: the binding
+    /// reads it from the object, and `JSON.stringify` leaves functions out).
+    pub token: Option<String>,
     /// See [`ClientConfig::backoff_initial_ms`].
     pub backoff_initial_ms: Option<u64>,
     /// See [`ClientConfig::backoff_max_ms`].
@@ -42,11 +45,13 @@ impl Options {
     }
 
     /// The core's config for `url` (already carrying `?user=`): unset fields keep the
-    /// core's defaults, so the defaults are defined in one place.
-    pub fn into_config(self, url: String) -> ClientConfig {
+    /// core's defaults, so the defaults are defined in one place. `token` says whether
+    /// a token (string or function) was given.
+    pub fn into_config(self, url: String, token: bool) -> ClientConfig {
         let d = ClientConfig::default();
         ClientConfig {
             url,
+            token,
             backoff_initial_ms: self.backoff_initial_ms.unwrap_or(d.backoff_initial_ms),
             backoff_max_ms: self.backoff_max_ms.unwrap_or(d.backoff_max_ms),
             stable_after_ms: self.stable_after_ms.unwrap_or(d.stable_after_ms),
@@ -126,7 +131,7 @@ impl Publish {
 
 /// Which `on(...)` event names exist. Checked in `on`/`off` so a misspelt name throws
 /// instead of registering a handler that never runs.
-pub const EVENT_NAMES: [&str; 8] = [
+pub const EVENT_NAMES: [&str; 10] = [
     "message",
     "presence",
     "state",
@@ -135,20 +140,30 @@ pub const EVENT_NAMES: [&str; 8] = [
     "rejoined",
     "welcome",
     "dropped",
+    "joined",
+    "left",
 ];
 
 fn push_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("strings always serialize"));
 }
 
-fn push_peer(out: &mut String, p: &Peer) {
-    out.push_str("{\"conn\":");
-    push_str(out, &p.conn);
+fn push_user_info(out: &mut String, user: Option<&str>, info: Option<&serde_json::Value>) {
     out.push_str(",\"user\":");
-    match &p.user {
+    match user {
         Some(u) => push_str(out, u),
         None => out.push_str("null"),
     }
+    if let Some(i) = info {
+        out.push_str(",\"info\":");
+        out.push_str(&i.to_string());
+    }
+}
+
+fn push_peer(out: &mut String, p: &Peer) {
+    out.push_str("{\"conn\":");
+    push_str(out, &p.conn);
+    push_user_info(out, p.user.as_deref(), p.info.as_ref());
     out.push('}');
 }
 
@@ -196,16 +211,25 @@ pub fn event_payload(e: &ClientEvent, wall_now: u64) -> (&'static str, String) {
             out = state_json(s, at);
             "state"
         }
-        ClientEvent::Welcome { conn, user } => {
+        ClientEvent::Welcome { conn, user, info } => {
             out.push_str("{\"conn\":");
             push_str(&mut out, conn);
-            out.push_str(",\"user\":");
-            match user {
-                Some(u) => push_str(&mut out, u),
-                None => out.push_str("null"),
-            }
+            push_user_info(&mut out, user.as_deref(), info.as_ref());
             out.push('}');
             "welcome"
+        }
+        ClientEvent::Joined { body, .. } => {
+            // the server's `joined` object (room, members, epoch, seq), as is
+            out.push_str(body);
+            "joined"
+        }
+        ClientEvent::Left { room, reason } => {
+            out.push_str("{\"room\":");
+            push_str(&mut out, room);
+            out.push_str(",\"reason\":");
+            push_str(&mut out, reason);
+            out.push('}');
+            "left"
         }
         ClientEvent::Message(m) => {
             out.push('{');
@@ -304,7 +328,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(o.user.as_deref(), Some("ann"));
-        let c = o.into_config("ws://h/ws?user=ann".into());
+        let c = o.into_config("ws://h/ws?user=ann".into(), false);
         let d = ClientConfig::default();
         assert_eq!(c.backoff_max_ms, 5000);
         assert_eq!(c.offline_queue, 3);
@@ -356,6 +380,7 @@ mod tests {
             from: Some(Peer {
                 conn: "c1".into(),
                 user: None,
+                info: None,
             }),
             data: r#"{"text":"hi \"you\""}"#.into(),
         });
@@ -406,12 +431,13 @@ mod tests {
             joined: vec![Peer {
                 conn: "a".into(),
                 user: Some("ann".into()),
+                info: Some(json!({"name": "Ann"})),
             }],
             left: vec![],
         };
         assert_eq!(
             parsed(&p).1,
-            json!({"room":"r","joined":[{"conn":"a","user":"ann"}],"left":[]})
+            json!({"room":"r","joined":[{"conn":"a","user":"ann","info":{"name":"Ann"}}],"left":[]})
         );
         let e = ClientEvent::Error {
             id: Some(3),
@@ -447,10 +473,37 @@ mod tests {
         assert_eq!(
             parsed(&ClientEvent::Welcome {
                 conn: "c".into(),
-                user: None
+                user: None,
+                info: None,
             })
             .1,
             json!({"conn":"c","user":null})
+        );
+        assert_eq!(
+            parsed(&ClientEvent::Welcome {
+                conn: "c".into(),
+                user: Some("ann".into()),
+                info: Some(json!({"n": 1})),
+            })
+            .1,
+            json!({"conn":"c","user":"ann","info":{"n":1}})
+        );
+        assert_eq!(
+            parsed(&ClientEvent::Joined {
+                room: "r".into(),
+                body: r#"{"type":"joined","room":"r","members":1,"epoch":"e","seq":0}"#.into(),
+            }),
+            (
+                "joined",
+                json!({"type":"joined","room":"r","members":1,"epoch":"e","seq":0})
+            )
+        );
+        assert_eq!(
+            parsed(&ClientEvent::Left {
+                room: "r".into(),
+                reason: "token_expired".into(),
+            }),
+            ("left", json!({"room":"r","reason":"token_expired"}))
         );
         for (name, _) in [parsed(&p), parsed(&e)] {
             assert!(EVENT_NAMES.contains(&name));

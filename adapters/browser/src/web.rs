@@ -20,6 +20,12 @@ const TS_TYPES: &'static str = r#"
 export interface RoomcastOptions {
   /** Identity, sent as `?user=NAME` (the server's open identity mode). */
   user?: string;
+  /** A signed token for a server that checks them: a string, or a function (sync or
+   * async) called before every (re)connect and when the server says the token is
+   * `expiring`, so it can fetch a fresh one from your backend. Sent as the first
+   * message (`auth`), never in the URL. A throw or rejection counts as a failed
+   * connection attempt (an `error` event with code `token_unavailable`, then a retry). */
+  token?: string | (() => string | Promise<string>);
   /** Upper bound of the first retry delay, ms (full jitter: uniform in 0..=this). */
   backoffInitialMs?: number;
   /** Upper bound of any retry delay, ms. */
@@ -41,7 +47,12 @@ export interface RoomcastJoinOptions {
 }
 
 /** A connection as the server shows it. */
-export interface RoomcastPeer { conn: string; user: string | null }
+export interface RoomcastPeer {
+  conn: string;
+  user: string | null;
+  /** The user's public profile (their token's `info` claim), when they have one. */
+  info?: Record<string, unknown>;
+}
 
 type RoomcastTarget =
   | { room: string; channel?: never; user?: never }
@@ -111,7 +122,13 @@ export interface RoomcastEventMap {
   /** After a rejoin: whether every missed room message was replayed. */
   recovered: { room: string; recovered: boolean };
   /** A (new) connection was welcomed; after a reconnect `conn` changes. */
-  welcome: { conn: string; user: string | null };
+  welcome: { conn: string; user: string | null; info?: Record<string, unknown> };
+  /** The server put this connection in a room (a token's `rooms`, the server API, a
+   * hook): it is rejoined after a reconnect like your own joins. */
+  joined: { type: "joined"; room: string; members: number; epoch: string; seq: number };
+  /** The server took this connection out of a room; it is no longer rejoined.
+   * `reason`: `server`, `room_removed` or `token_expired`. */
+  left: { room: string; reason: string };
   /** Offline publishes dropped because the queue was full (total so far). */
   dropped: { total: number };
   /** The automatic rejoin after a reconnect was acknowledged: `ack` is the server's join
@@ -194,6 +211,31 @@ fn client_error(e: ClientError) -> JsValue {
     js_error(code, &e.to_string(), None)
 }
 
+/// A thrown value or rejection reason as text for a `token_unavailable` error.
+fn describe(e: &JsValue, fallback: &str) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .map_or_else(|| fallback.to_owned(), |m| format!("{fallback}: {m}"))
+}
+
+/// The `token` option: absent, a string, or a function.
+fn token_source(options: Option<&JsValue>) -> Result<Option<TokenSource>, JsValue> {
+    let Some(o) = options.filter(|o| o.is_object()) else {
+        return Ok(None);
+    };
+    let t = Reflect::get(o, &"token".into()).unwrap_or(JsValue::UNDEFINED);
+    if t.is_undefined() || t.is_null() {
+        Ok(None)
+    } else if let Some(s) = t.as_string() {
+        Ok(Some(TokenSource::Fixed(s)))
+    } else if let Some(f) = t.dyn_ref::<Function>() {
+        Ok(Some(TokenSource::Call(f.clone())))
+    } else {
+        Err(type_error("token must be a string or a function"))
+    }
+}
+
 fn type_error(message: &str) -> JsValue {
     js_sys::TypeError::new(message).into()
 }
@@ -259,8 +301,15 @@ impl Drop for Socket {
     }
 }
 
+/// Where tokens come from: the `token` option.
+enum TokenSource {
+    Fixed(String),
+    Call(Function),
+}
+
 struct Inner {
     machine: RefCell<Client>,
+    tokens: Option<TokenSource>,
     sockets: RefCell<BTreeMap<u64, Socket>>,
     /// Promise settlers by request id.
     pending: RefCell<BTreeMap<u64, (Function, Function)>>,
@@ -310,11 +359,54 @@ impl Inner {
                         let _ = s.ws.close_with_code_and_reason(code, &reason);
                     }
                 }
+                ClientOutput::FetchToken { ticket } => self.fetch_token(ticket),
                 ClientOutput::Event(e) => self.dispatch(e),
             }
         }
         self.driving.set(false);
         self.rearm();
+    }
+
+    /// Answers a token ticket: a fixed token at once (the running drain picks up the
+    /// machine's next outputs), a function's result when its promise settles.
+    fn fetch_token(self: &Rc<Self>, ticket: u64) {
+        let called = match &self.tokens {
+            None => Err("no token option".to_owned()),
+            Some(TokenSource::Fixed(t)) => {
+                self.machine
+                    .borrow_mut()
+                    .handle_token(now(), ticket, Ok(t.clone()));
+                return;
+            }
+            Some(TokenSource::Call(f)) => f
+                .call0(&JsValue::UNDEFINED)
+                .map_err(|e| describe(&e, "the token function threw")),
+        };
+        let value = match called {
+            Ok(v) => v,
+            Err(m) => {
+                self.machine
+                    .borrow_mut()
+                    .handle_token(now(), ticket, Err(m));
+                return;
+            }
+        };
+        // Promise.resolve also takes a plain string, so sync and async functions meet
+        // here, and the answer always arrives on a later task, never inside this drain.
+        let settled = wasm_bindgen_futures::JsFuture::from(Promise::resolve(&value));
+        let w = Rc::downgrade(self);
+        wasm_bindgen_futures::spawn_local(async move {
+            let answer = match settled.await {
+                Ok(v) => v
+                    .as_string()
+                    .ok_or_else(|| "the token function must give a string".to_owned()),
+                Err(e) => Err(describe(&e, "the token function's promise rejected")),
+            };
+            if let Some(i) = w.upgrade() {
+                i.machine.borrow_mut().handle_token(now(), ticket, answer);
+                i.drive();
+            }
+        });
     }
 
     fn rearm(&self) {
@@ -476,6 +568,7 @@ impl RoomcastClient {
     /// user name or option, since retrying could never fix those.
     #[wasm_bindgen(constructor)]
     pub fn new(url: &str, options: Option<RoomcastOptions>) -> Result<RoomcastClient, JsValue> {
+        let tokens = token_source(options.as_ref().map(AsRef::as_ref))?;
         let text =
             stringify_opt(options.as_ref().map(AsRef::as_ref)).map_err(|m| type_error(&m))?;
         let options = Options::parse(text.as_deref()).map_err(|m| type_error(&m))?;
@@ -487,11 +580,12 @@ impl RoomcastClient {
             }
         }
         let url = resolve_url(url, options.user.as_deref())?;
-        let machine = Client::new(options.into_config(url), seed(), now());
+        let machine = Client::new(options.into_config(url, tokens.is_some()), seed(), now());
         let inner = Rc::new_cyclic(|weak: &Weak<Inner>| {
             let w = weak.clone();
             Inner {
                 machine: RefCell::new(machine),
+                tokens,
                 sockets: RefCell::new(BTreeMap::new()),
                 pending: RefCell::new(BTreeMap::new()),
                 handlers: RefCell::new(Vec::new()),

@@ -7,6 +7,10 @@
 //! module only opens sockets when the machine asks, moves text both ways, and arms one
 //! timer for `poll_timeout()`.
 //!
+//! Against a server that checks tokens, start it with [`ReconnectingClient::start_with_token`]
+//! and a [`TokenProvider`]: the closure runs before every (re)connect and whenever the
+//! server says the token is `expiring`, so a short-lived token is always fresh.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), roomcast_tokio::reconnecting::RequestError> {
 //! use roomcast_tokio::reconnecting::{ReconnectingClient, Target};
@@ -29,6 +33,10 @@
 //! ```
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use roomcast_core::client::{
     Client, ClientConfig, ClientError as MachineError, ClientEvent, ClientOutput,
@@ -75,6 +83,49 @@ enum Cmd {
 enum SocketEvent {
     Opened(u64, client::Client),
     Failed(u64),
+    /// The provider's answer to a token ticket.
+    Token(u64, Result<String, String>),
+}
+
+/// What a token provider's call returns.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Where fresh tokens come from: usually a call to the application's backend, which
+/// mints a short-lived token for the signed-in user. Called before every (re)connect
+/// and when the server warns that the current token is `expiring`.
+#[derive(Clone)]
+pub struct TokenProvider(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl TokenProvider {
+    /// A provider from an async closure; its error is reported (as a
+    /// `token_unavailable` error event) and the connect is retried with backoff.
+    pub fn new<F, Fut, E>(f: F) -> TokenProvider
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, E>> + Send + 'static,
+        E: Display,
+    {
+        TokenProvider(Arc::new(move || {
+            let fut = f();
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        }))
+    }
+
+    /// Always the same token: fine for tests and long-lived service tokens; it cannot
+    /// be refreshed, so the connection ends (4001) when it expires.
+    pub fn fixed(token: impl Into<String>) -> TokenProvider {
+        let token: String = token.into();
+        TokenProvider(Arc::new(move || {
+            let t = token.clone();
+            Box::pin(async move { Ok(t) })
+        }))
+    }
+}
+
+impl std::fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenProvider")
+    }
 }
 
 /// A client that stays connected: see the module docs. Requests can also be made from
@@ -100,6 +151,26 @@ impl ReconnectingClient {
 
     /// As [`ReconnectingClient::start`], with socket options (headers, limits).
     pub fn start_with(config: ClientConfig, options: ClientOptions) -> ReconnectingClient {
+        Self::spawn(config, options, None)
+    }
+
+    /// As [`ReconnectingClient::start_with`], for a server that checks signed tokens:
+    /// `tokens` is asked for a token before every connect (sent as the first message
+    /// `auth`, never in the URL) and again on `expiring`.
+    pub fn start_with_token(
+        mut config: ClientConfig,
+        options: ClientOptions,
+        tokens: TokenProvider,
+    ) -> ReconnectingClient {
+        config.token = true;
+        Self::spawn(config, options, Some(tokens))
+    }
+
+    fn spawn(
+        config: ClientConfig,
+        options: ClientOptions,
+        tokens: Option<TokenProvider>,
+    ) -> ReconnectingClient {
         let mut seed = [0u8; 32];
         // A failed OS random source only weakens jitter (clients may retry in step); the
         // machine is still correct, so fall back to a time-derived seed.
@@ -113,7 +184,7 @@ impl ReconnectingClient {
         let machine = Client::new(config, seed, clock.now());
         let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, events) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(machine, clock, options, cmd_rx, ev_tx));
+        let task = tokio::spawn(drive(machine, clock, options, tokens, cmd_rx, ev_tx));
         ReconnectingClient {
             handle: Handle { commands },
             events,
@@ -244,6 +315,7 @@ async fn drive(
     mut machine: Client,
     clock: Clock,
     options: ClientOptions,
+    tokens: Option<TokenProvider>,
     mut commands: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<ClientEvent>,
 ) {
@@ -267,6 +339,17 @@ async fn drive(
                             Err(_) => SocketEvent::Failed(id),
                         };
                         let _ = tx.send(ev);
+                    });
+                }
+                ClientOutput::FetchToken { ticket } => {
+                    let tx = sock_tx.clone();
+                    let call = tokens.as_ref().map(|t| (t.0)());
+                    tokio::spawn(async move {
+                        let answer = match call {
+                            Some(fut) => fut.await,
+                            None => Err("no token provider".to_owned()),
+                        };
+                        let _ = tx.send(SocketEvent::Token(ticket, answer));
                     });
                 }
                 ClientOutput::Send { socket: id, text } => {
@@ -355,6 +438,7 @@ async fn drive(
                     });
                 }
                 SocketEvent::Failed(id) => machine.handle_close(clock.now(), id, Some(1006)),
+                SocketEvent::Token(ticket, answer) => machine.handle_token(clock.now(), ticket, answer),
             },
             (id, text, code) = next_text(&mut socket) => match text {
                 Some(t) => machine.handle_message(clock.now(), id, &t),

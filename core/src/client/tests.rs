@@ -478,3 +478,280 @@ fn own_room_messages_are_not_replayed_after_a_reconnect() {
     let s = sent(&welcome(&mut c, t.0));
     assert_eq!(s[0]["since"], 4, "the rejoin starts after our own message");
 }
+
+// -------------------------------------------------------------------------------------
+// Tokens and server-initiated membership
+
+fn token_client() -> Client {
+    Client::new(
+        ClientConfig {
+            url: "ws://x/ws".into(),
+            token: true,
+            ..Default::default()
+        },
+        [3; 32],
+        Timestamp(0),
+    )
+}
+
+fn ticket(outs: &[ClientOutput]) -> Option<u64> {
+    outs.iter().find_map(|o| match o {
+        ClientOutput::FetchToken { ticket } => Some(*ticket),
+        _ => None,
+    })
+}
+
+fn connects(outs: &[ClientOutput]) -> usize {
+    outs.iter()
+        .filter(|o| matches!(o, ClientOutput::Connect { .. }))
+        .count()
+}
+
+/// Runs the token handshake at `now`: answers the pending ticket, opens, welcomes.
+fn token_welcome(c: &mut Client, t: u64, token: &str, now: u64) -> Vec<ClientOutput> {
+    c.handle_token(Timestamp(now), t, Ok(token.into()));
+    let outs = drain(c);
+    assert_eq!(connects(&outs), 1, "the token brings the connect");
+    let socket = c.socket;
+    c.handle_open(Timestamp(now), socket);
+    let first = sent(&drain(c));
+    assert_eq!(
+        first,
+        vec![serde_json::json!({"type":"auth","token":token})]
+    );
+    c.handle_message(
+        Timestamp(now),
+        socket,
+        r#"{"type":"welcome","conn":"c1","user":"ann","info":{"name":"Ann"}}"#,
+    );
+    drain(c)
+}
+
+#[test]
+fn a_token_is_fetched_before_connecting_and_sent_first() {
+    let mut c = token_client();
+    let outs = drain(&mut c);
+    assert_eq!(connects(&outs), 0, "no socket before the token");
+    let t = ticket(&outs).expect("asks for a token");
+    let outs = token_welcome(&mut c, t, "T1", 5);
+    assert!(outs.contains(&ClientOutput::Event(ClientEvent::Welcome {
+        conn: "c1".into(),
+        user: Some("ann".into()),
+        info: Some(serde_json::json!({"name":"Ann"})),
+    })));
+    assert_eq!(c.state(), &ClientState::Open);
+    // a stale ticket's answer changes nothing
+    c.handle_token(Timestamp(6), t, Ok("late".into()));
+    assert!(drain(&mut c).is_empty());
+}
+
+#[test]
+fn expiring_asks_for_a_new_token_and_sends_it_as_auth() {
+    let mut c = token_client();
+    let t = ticket(&drain(&mut c)).unwrap();
+    token_welcome(&mut c, t, "T1", 0);
+    let s = c.socket;
+    c.handle_message(Timestamp(10), s, r#"{"type":"expiring","in_ms":30000}"#);
+    let t2 = ticket(&drain(&mut c)).expect("refresh asked");
+    // a second warning while the first fetch runs asks nothing more
+    c.handle_message(Timestamp(11), s, r#"{"type":"expiring","in_ms":29000}"#);
+    assert_eq!(ticket(&drain(&mut c)), None);
+    c.handle_token(Timestamp(20), t2, Ok("T2".into()));
+    let outs = drain(&mut c);
+    let auth = sent(&outs);
+    assert_eq!(auth.len(), 1);
+    assert_eq!(auth[0]["type"], "auth");
+    assert_eq!(auth[0]["token"], "T2");
+    let id = auth[0]["id"].as_u64().expect("acked like any request");
+    assert_eq!(connects(&outs), 0, "a refresh keeps the socket");
+    // its ack is internal
+    c.handle_message(Timestamp(21), s, &format!(r#"{{"type":"ack","id":{id}}}"#));
+    assert!(drain(&mut c).is_empty());
+}
+
+#[test]
+fn a_failed_refresh_is_reported_and_the_socket_kept() {
+    let mut c = token_client();
+    let t = ticket(&drain(&mut c)).unwrap();
+    token_welcome(&mut c, t, "T1", 0);
+    let s = c.socket;
+    c.handle_message(Timestamp(10), s, r#"{"type":"expiring","in_ms":30000}"#);
+    let t2 = ticket(&drain(&mut c)).unwrap();
+    c.handle_token(Timestamp(20), t2, Err("backend down".into()));
+    let outs = drain(&mut c);
+    assert_eq!(
+        outs,
+        vec![ClientOutput::Event(ClientEvent::Error {
+            id: None,
+            code: "token_unavailable".into(),
+            message: "backend down".into(),
+        })]
+    );
+    assert_eq!(c.state(), &ClientState::Open);
+}
+
+#[test]
+fn close_4001_reconnects_with_a_fresh_token_and_4003_ends_the_client() {
+    let mut c = token_client();
+    let t = ticket(&drain(&mut c)).unwrap();
+    token_welcome(&mut c, t, "T1", 0);
+    let s = c.socket;
+    c.handle_close(Timestamp(100), s, Some(4001));
+    assert!(matches!(c.state(), ClientState::Reconnecting { .. }));
+    drain(&mut c);
+    let at = c.poll_timeout().unwrap();
+    c.handle_timeout(at);
+    let outs = drain(&mut c);
+    assert_eq!(connects(&outs), 0);
+    let t2 = ticket(&outs).expect("a new token before the new socket");
+    assert!(t2 > t);
+    token_welcome(&mut c, t2, "T2", at.0 + 1);
+    let s = c.socket;
+    c.handle_close(Timestamp(at.0 + 50), s, Some(4003));
+    assert_eq!(c.state(), &ClientState::Closed { code: Some(4003) });
+    assert_eq!(c.poll_timeout(), None, "no retry after 4003");
+}
+
+#[test]
+fn a_token_that_does_not_come_is_a_failed_attempt() {
+    let mut c = token_client();
+    let t = ticket(&drain(&mut c)).unwrap();
+    // the fetch fails: reported, retried with backoff
+    c.handle_token(Timestamp(5), t, Err("offline".into()));
+    let outs = drain(&mut c);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        ClientOutput::Event(ClientEvent::Error { code, .. }) if code == "token_unavailable"
+    )));
+    assert!(matches!(
+        c.state(),
+        ClientState::Reconnecting { attempt: 1, .. }
+    ));
+    let at = c.poll_timeout().unwrap();
+    c.handle_timeout(at);
+    let t2 = ticket(&drain(&mut c)).unwrap();
+    // the fetch hangs: the connect timeout bounds it
+    assert_eq!(c.poll_timeout(), Some(Timestamp(at.0 + 10_000)));
+    c.handle_timeout(Timestamp(at.0 + 10_000));
+    drain(&mut c);
+    assert!(matches!(
+        c.state(),
+        ClientState::Reconnecting { attempt: 2, .. }
+    ));
+    // its late answer is ignored
+    c.handle_token(Timestamp(at.0 + 10_001), t2, Ok("late".into()));
+    assert_eq!(connects(&drain(&mut c)), 0);
+}
+
+#[test]
+fn rooms_the_server_joins_are_tracked_and_rejoined() {
+    let mut c = client();
+    drain(&mut c);
+    welcome(&mut c, 0);
+    let s = c.socket;
+    let joined = r#"{"type":"joined","room":"vip","members":3,"epoch":"e1","seq":4}"#;
+    c.handle_message(Timestamp(1), s, joined);
+    assert_eq!(
+        drain(&mut c),
+        vec![ClientOutput::Event(ClientEvent::Joined {
+            room: "vip".into(),
+            body: joined.into()
+        })]
+    );
+    assert_eq!(c.last_seq("vip"), Some(4));
+    // its messages are delivered (formerly dropped as "not joined")
+    c.handle_message(
+        Timestamp(2),
+        s,
+        r#"{"type":"message","room":"vip","seq":5,"event":"e","data":1}"#,
+    );
+    assert!(matches!(
+        drain(&mut c)[..],
+        [ClientOutput::Event(ClientEvent::Message(_))]
+    ));
+    // after a reconnect it is rejoined from where we were
+    c.handle_close(Timestamp(3), s, Some(1006));
+    let at = c.poll_timeout().unwrap();
+    c.handle_timeout(at);
+    drain(&mut c);
+    let outs = welcome(&mut c, at.0);
+    let rejoin = sent(&outs);
+    assert_eq!(rejoin[0]["type"], "join");
+    assert_eq!(rejoin[0]["room"], "vip");
+    assert_eq!(rejoin[0]["since"], 5);
+    assert_eq!(rejoin[0]["epoch"], "e1");
+    // the server takes us out: forgotten, not rejoined
+    let s = c.socket;
+    c.handle_message(
+        Timestamp(at.0 + 1),
+        s,
+        r#"{"type":"left","room":"vip","reason":"token_expired"}"#,
+    );
+    assert!(
+        drain(&mut c).contains(&ClientOutput::Event(ClientEvent::Left {
+            room: "vip".into(),
+            reason: "token_expired".into()
+        }))
+    );
+    assert_eq!(c.rooms().count(), 0);
+}
+
+#[test]
+fn a_server_join_during_a_rejoin_keeps_the_position_and_merges_by_seq() {
+    let mut c = client();
+    drain(&mut c);
+    welcome(&mut c, 0);
+    c.join("vip", false).unwrap();
+    let s = c.socket;
+    let id = sent(&drain(&mut c))[0]["id"].as_u64().unwrap();
+    c.handle_message(
+        Timestamp(1),
+        s,
+        &format!(r#"{{"type":"ack","id":{id},"room":"vip","members":1,"epoch":"e1","seq":2}}"#),
+    );
+    drain(&mut c);
+    c.handle_close(Timestamp(2), s, Some(1006));
+    let at = c.poll_timeout().unwrap();
+    c.handle_timeout(at);
+    drain(&mut c);
+    let outs = welcome(&mut c, at.0);
+    let rejoin = &sent(&outs)[0];
+    assert_eq!(rejoin["since"], 2);
+    let rid = rejoin["id"].as_u64().unwrap();
+    let s = c.socket;
+    let t = Timestamp(at.0 + 1);
+    // the token's `rooms` join lands first, then live 6, then the replay 3..=6, then the ack
+    c.handle_message(
+        t,
+        s,
+        r#"{"type":"joined","room":"vip","members":2,"epoch":"e1","seq":5}"#,
+    );
+    assert_eq!(
+        c.last_seq("vip"),
+        Some(2),
+        "our position is kept for the rejoin"
+    );
+    for seq in [6, 3, 4, 5, 6] {
+        c.handle_message(
+            t,
+            s,
+            &format!(r#"{{"type":"message","room":"vip","seq":{seq},"event":"e","data":null}}"#),
+        );
+    }
+    c.handle_message(
+        t,
+        s,
+        &format!(r#"{{"type":"ack","id":{rid},"room":"vip","members":2,"epoch":"e1","seq":6,"recovered":true}}"#),
+    );
+    let seqs: Vec<u64> = drain(&mut c)
+        .into_iter()
+        .filter_map(|o| match o {
+            ClientOutput::Event(ClientEvent::Message(Message {
+                via: Via::Room { seq, .. },
+                ..
+            })) => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![3, 4, 5, 6], "each once, in order");
+}

@@ -11,7 +11,7 @@ use super::members::Asker;
 use super::messages;
 use super::types::{ConnectError, DisconnectReason, Event};
 use super::Hub;
-use crate::auth::{AuthError, Caps, Identity, Op, RoomGrant, Scope, Verifier};
+use crate::auth::{AuthConfig, AuthError, Caps, Identity, Op, RoomGrant, Scope, Verifier};
 use crate::close::code;
 use crate::protocol::{ErrorCode, Rejection, RequestId};
 use crate::time::Timestamp;
@@ -26,6 +26,11 @@ pub(crate) struct ConnAuth {
     pub(crate) expires: Timestamp,
     /// `expiring` already sent for this token.
     pub(crate) warned: bool,
+    /// When to send `expiring`: the notice before `exp`, but never more than half the
+    /// token's remaining life when it was verified, so a token shorter than the notice
+    /// is not warned (and refreshed) again the moment it arrives. `None` (a snapshot
+    /// from before this existed): the full notice.
+    pub(crate) warn_at: Option<Timestamp>,
     /// The token's grants (`None`: the server's default rights).
     pub(crate) caps: Option<Caps>,
     /// Rooms opened by room tokens, with what each grants until when.
@@ -41,6 +46,7 @@ impl ConnAuth {
             pending_until: Some(until),
             expires: until,
             warned: false,
+            warn_at: None,
             caps: None,
             rooms: Vec::new(),
             info: None,
@@ -127,6 +133,7 @@ impl Hub {
             caps,
         } = identity;
         let expires = self.on_clock(expires_unix_ms);
+        let warn_at = Some(self.warn_time(expires));
         let user: Arc<str> = Arc::from(user);
         let id = self.conns[s].id;
         let c = &mut self.conns[s];
@@ -135,6 +142,7 @@ impl Hub {
             pending_until: None,
             expires,
             warned: false,
+            warn_at,
             caps,
             rooms: Vec::new(),
             info: info.as_deref().map(|r| r.get().into()),
@@ -201,9 +209,11 @@ impl Hub {
         }
         let id = self.conns[s].id;
         let expires = self.on_clock(identity.expires_unix_ms);
+        let warn_at = Some(self.warn_time(expires));
         if let Some(a) = self.conns[s].auth.as_deref_mut() {
             a.expires = expires;
             a.warned = false;
+            a.warn_at = warn_at;
             a.caps = identity.caps;
         }
         self.auth_changed(s);
@@ -302,6 +312,16 @@ impl Hub {
         }
     }
 
+    /// When a token verified now and expiring at `expires` gets its `expiring`: the
+    /// configured notice before, or half its remaining life if that is shorter.
+    fn warn_time(&self, expires: Timestamp) -> Timestamp {
+        let notice = self.config.auth.as_ref().map_or(0, |v| {
+            u64::try_from(v.config().expiring_notice.as_millis()).unwrap_or(u64::MAX)
+        });
+        let left = expires.0.saturating_sub(self.clock.now().0);
+        Timestamp(expires.0.saturating_sub(notice.min(left / 2)))
+    }
+
     /// Tells the adapter that slot `s`'s token state changed (a Durable Object saves it
     /// with the connection, to rebuild the same rights after hibernating).
     fn auth_changed(&mut self, s: usize) {
@@ -321,8 +341,7 @@ impl Hub {
         let own = if a.warned {
             a.expires.saturating_add(cfg.grace)
         } else {
-            let notice = u64::try_from(cfg.expiring_notice.as_millis()).unwrap_or(u64::MAX);
-            Timestamp(a.expires.0.saturating_sub(notice))
+            warn_at(a, cfg)
         };
         let rooms = a
             .rooms
@@ -353,9 +372,8 @@ impl Hub {
             self.close_conn(s, Closing::unauthorized("token expired"), now);
             return true;
         }
-        let notice = u64::try_from(cfg.expiring_notice.as_millis()).unwrap_or(u64::MAX);
         let mut warn = None;
-        if !a.warned && now.0 >= a.expires.0.saturating_sub(notice) {
+        if !a.warned && now >= warn_at(a, cfg) {
             a.warned = true;
             warn = Some(a.expires.0.saturating_sub(now.0));
         }
@@ -382,4 +400,12 @@ impl Hub {
         }
         false
     }
+}
+
+/// When `a`'s `expiring` is due.
+fn warn_at(a: &ConnAuth, cfg: &AuthConfig) -> Timestamp {
+    a.warn_at.unwrap_or_else(|| {
+        let notice = u64::try_from(cfg.expiring_notice.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(a.expires.0.saturating_sub(notice))
+    })
 }

@@ -309,9 +309,11 @@ impl Hub {
         }
         let mut recovered = None;
         if already {
+            // A member asking again with `since` (the server put it in before its
+            // rejoin arrived): replay what followed, as a recovery would. Messages it
+            // already had live come again with their seq; clients drop them by seq.
             if pos.since.is_some() {
-                let r = &self.index.rooms[rk];
-                recovered = Some(pos.epoch == Some(&*r.epoch) && pos.since == Some(r.seq));
+                recovered = Some(self.replay(s, rk, &pos, now));
             }
         } else if pos.since.is_some() || pos.epoch.is_some() {
             recovered = Some(self.replay(s, rk, &pos, now));

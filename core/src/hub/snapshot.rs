@@ -72,6 +72,9 @@ pub struct AuthSnapshot {
     /// `expiring` already sent.
     #[serde(rename = "n", default, skip_serializing_if = "std::ops::Not::not")]
     pub warned: bool,
+    /// When `expiring` is due (hub clock, ms); absent: the full notice before `expires`.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub warn_at: Option<u64>,
     /// The `caps` claim (JSON), when the token had one.
     #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
     pub caps: Option<String>,
@@ -185,6 +188,7 @@ impl Hub {
                     pending_until: a.pending_until.map(|t| t.0),
                     expires: a.expires.0,
                     warned: a.warned,
+                    warn_at: a.warn_at.map(|t| t.0),
                     caps: a.caps.as_ref().map(|c| c.claim().to_owned()),
                     info: a.info.as_deref().map(str::to_owned),
                     room_grants: a
@@ -372,6 +376,7 @@ fn restore_auth(conn: &mut Conn, a: &AuthSnapshot) {
         pending_until: a.pending_until.map(Timestamp),
         expires: Timestamp(a.expires),
         warned: a.warned,
+        warn_at: a.warn_at.map(Timestamp),
         caps,
         rooms: a
             .room_grants

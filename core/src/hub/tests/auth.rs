@@ -327,6 +327,32 @@ fn expiring_then_refresh_keeps_the_connection_and_no_refresh_closes_after_the_gr
 }
 
 #[test]
+fn a_token_shorter_than_the_notice_is_warned_at_half_its_life_not_at_once() {
+    // With 30 s of notice, a 12 s token warned on arrival would be refreshed, warned
+    // again, refreshed... in a loop at network speed. Half its life instead.
+    let mut t = T::with(auth_config(false));
+    let (a, _) = t.connect_token(&tok("ada", 12, json!({})), None);
+    assert!(t.take(a).iter().all(|m| m["type"] != "expiring"));
+    t.advance(5_999);
+    assert!(t.take(a).is_empty());
+    t.advance(1);
+    assert_eq!(t.take(a), vec![json!({"type":"expiring","in_ms":6_000})]);
+    // refreshed at 6 s with another 12 s token (exp 18 s): warned at 12 s
+    let r = t.ask(
+        a,
+        json!({"type":"auth","token": tok("ada", 18, json!({})), "id": 1}),
+    );
+    assert_eq!(r["type"], "ack");
+    t.advance(5_999);
+    assert!(t.take(a).is_empty());
+    t.advance(1);
+    assert_eq!(t.take(a), vec![json!({"type":"expiring","in_ms":6_000})]);
+    // and that timing survives a snapshot (a Durable Object hibernating)
+    let snap = t.hub.snapshot_conn(a).expect("known");
+    assert_eq!(snap.auth.as_ref().unwrap().warn_at, Some(12_000));
+}
+
+#[test]
 fn a_refresh_replaces_the_grants() {
     let mut t = T::with(auth_config(false));
     let caps = |r: &str| json!({"caps": [{"rooms": [r], "allow": ["join"]}]});

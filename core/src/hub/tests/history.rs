@@ -97,6 +97,38 @@ fn recovery_with_history() {
 }
 
 #[test]
+fn a_member_joining_again_with_since_gets_what_followed() {
+    // The server put b in the room (a token's `rooms` claim) before b's own rejoin with
+    // `since` arrived: the rejoin still replays from `since`, and acks as a recovery.
+    let mut t = history_hub();
+    let a = t.connect(None);
+    let b = t.connect(None);
+    let epoch = t.join(a, "r")["epoch"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        t.send(a, json!({"type":"publish","room":"r","event":"e","data":i}));
+    }
+    t.join(b, "r");
+    t.send(b, json!({"type":"join","room":"r","since":1,"epoch":epoch}));
+    let got = t.take(b);
+    let seqs: Vec<_> = got.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs,
+        vec![2, 3, 3],
+        "2 and 3 replayed, then the ack at seq 3"
+    );
+    assert_eq!(got[2]["type"], "ack");
+    assert_eq!(got[2]["recovered"], true);
+    // a `since` history no longer covers: recovered false, never silent
+    t.send(b, json!({"type":"join","room":"r","since":9,"epoch":epoch}));
+    assert_eq!(t.take(b)[0]["recovered"], false);
+    // no `since`: a plain idempotent join, nothing replayed, no `recovered`
+    let got = t.ask(b, json!({"type":"join","room":"r"}));
+    assert!(got.get("recovered").is_none(), "{got}");
+    assert_eq!(t.hub.stats().rooms, 1);
+    t.hub.check_invariants();
+}
+
+#[test]
 fn wrong_epoch_replays_from_seq_one_if_kept() {
     let mut t = history_hub();
     let a = t.connect(None);
