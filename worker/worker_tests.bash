@@ -40,7 +40,7 @@ worker_tests() {
 		[ROOM_LIMIT]="ROOMCAST_MAX_ROOM_MEMBERS:1"
 		[NO_ROOM_CREATION]="ROOMCAST_NO_ROOM_CREATION:true"
 		[HIBERNATION]="ROOMCAST_HISTORY_AGE:30s"
-		[AUTH]=""
+		[AUTH]="ROOMCAST_DEMO_TOKENS:true"
 		[AUTH_DENY]="ROOMCAST_AUTH_DENY_BY_DEFAULT:true"
 	)
 	# The token profiles: fresh keys (tests/scenarios/tokens.py, PyJWT and cryptography),

@@ -20,6 +20,52 @@ function wsUrl() {
   return under ? `/hub/${under[1]}/ws` : "/ws";
 }
 
+/** The server's demo token endpoint, beside the WebSocket (`/ws` -> `/demo/token`). */
+function tokenUrl(name) {
+  const u = new URL(wsUrl(), location.href);
+  if (u.protocol === "ws:") u.protocol = "http:";
+  if (u.protocol === "wss:") u.protocol = "https:";
+  const t = new URL("demo/token", u);
+  t.search = new URLSearchParams({ user: name }).toString();
+  return t;
+}
+
+let tokensFetched = 0;
+
+/**
+ * A demo token for `name` from a server started with `--demo-tokens`, or null when it
+ * mints none (204, or 404 from an older server: the open `?user=` identity). A real app would ask its own backend,
+ * which knows who is signed in; the flow after that is the same.
+ */
+async function demoToken(name) {
+  const res = await fetch(tokenUrl(name), { cache: "no-store" });
+  if (res.status === 204 || res.status === 404) return null; // 204: mints none
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.error?.message ?? `token endpoint answered ${res.status}`);
+  tokensFetched += 1;
+  document.body.dataset.tokens = String(tokensFetched); // for tests: refreshes happened
+  return body.token;
+}
+
+/**
+ * The client's `token` option: called before every (re)connect and when the server says
+ * the token is expiring. The first call uses the token fetched to find out whether the
+ * server wants tokens at all; every later call fetches a fresh one.
+ */
+function tokenSource(name, first) {
+  let pending = first;
+  return async () => {
+    if (pending) {
+      const t = pending;
+      pending = null;
+      return t;
+    }
+    const t = await demoToken(name);
+    if (!t) throw new Error("the server stopped minting demo tokens");
+    return t;
+  };
+}
+
 /** An id that makes a message idempotent: a resend after a lost ack is shown once. */
 function messageId() {
   if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
@@ -200,7 +246,13 @@ function send(data, li) {
 
 // --- wiring -----------------------------------------------------------------------------
 
-function start(name, roomName) {
+async function start(name, roomName) {
+  // A token endpoint that cannot be reached (another origin, no CORS) means open mode.
+  const first = await demoToken(name).catch(() => null);
+  const identity = first ? { token: tokenSource(name, first) } : { user: name };
+  $("identity").textContent = first
+    ? `Signed in as ${name} with a demo token (refreshed before it expires).`
+    : `Joined as ${name} (open identity: the server checks no tokens).`;
   me = { name, conn: "" };
   room = roomName;
   welcomed = 0;
@@ -213,11 +265,12 @@ function start(name, roomName) {
   $("room-title").textContent = `# ${room}`;
   document.title = `${room} · roomcast chat`;
 
-  client = new RoomcastClient(wsUrl(), { user: name });
+  client = new RoomcastClient(wsUrl(), identity);
   client.on("state", showState);
   client.on("welcome", (w) => {
     me.conn = w.conn;
     welcomed += 1;
+    document.body.dataset.welcomes = String(welcomed); // for tests: reconnects
     if (welcomed > 1) rejoining = true;
   });
   client.on("message", onMessage);
@@ -280,11 +333,7 @@ async function main() {
     $("join-error").hidden = true;
     localStorage.setItem("roomcast.name", name);
     localStorage.setItem("roomcast.room", roomName);
-    try {
-      start(name, roomName);
-    } catch (err) {
-      fail(err.message); // e.g. a name with control characters
-    }
+    start(name, roomName).catch((err) => fail(err.message)); // e.g. a bad name
   });
   $("leave").addEventListener("click", stop);
   $("composer").addEventListener("submit", (ev) => {

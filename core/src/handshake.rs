@@ -270,15 +270,20 @@ impl Request {
     /// distinguishable from absent so the server refuses (400) instead of treating a
     /// mangled user name as anonymous. A key without `=` has an empty value.
     pub fn query_param(&self, key: &str) -> Option<Result<String, QueryError>> {
-        let query = self.query.as_deref()?;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if form_decode(k).is_ok_and(|k| k == key) {
-                return Some(form_decode(v));
-            }
-        }
-        None
+        query_value(self.query.as_deref()?, key)
     }
+}
+
+/// The form-decoded value of `key` in a query string (without the `?`), as
+/// [`Request::query_param`] reads it, for plain HTTP routes too.
+pub fn query_value(query: &str, key: &str) -> Option<Result<String, QueryError>> {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if form_decode(k).is_ok_and(|k| k == key) {
+            return Some(form_decode(v));
+        }
+    }
+    None
 }
 
 /// Reads an upgrade request from raw bytes, across as many reads as it takes.

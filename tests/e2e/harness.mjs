@@ -28,13 +28,13 @@ for (const sig of ["SIGTERM", "SIGINT"]) {
 }
 
 /**
- * Starts `roomcast --bind BIND --www www --history 100` and resolves once it prints
+ * Starts `roomcast --bind BIND --www www --history 100 EXTRA...` and resolves once it prints
  * `listening on http://ADDR`. Its stderr goes to tests/artifacts/browser/NAME.log.
  */
-export function startServer(bind, name, timeoutMs = 20_000) {
+export function startServer(bind, name, extraArgs = [], timeoutMs = 20_000) {
   mkdirSync(ARTIFACTS, { recursive: true });
   const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`));
-  const args = ["--bind", bind, "--www", path.join(ROOT, "www"), "--history", "100"];
+  const args = ["--bind", bind, "--www", path.join(ROOT, "www"), "--history", "100", ...extraArgs];
   const proc = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
   live.add(proc);
   proc.stderr.pipe(log);

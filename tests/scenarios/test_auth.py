@@ -16,6 +16,8 @@ import json
 import os
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import jwt
@@ -51,6 +53,8 @@ def _auth_server(keys: Keys, *extra: str, name: str):
     pem.write_text("# rotation: one block per key, each named by the line before it\n" + keys.public_keys())
     flags = ["--auth-secret", keys.secret, "--auth-public-key", str(pem),
              "--auth-audience", AUD, "--auth-issuer", ISS, *extra]
+    if name == "auth":
+        flags.append("--demo-tokens")  # as the Worker's AUTH instance (worker_tests.bash)
     s = start_server(*flags, name=name)
     yield Endpoint(s.ws_url, s.http_url, s)
     s.terminate()
@@ -209,11 +213,11 @@ async def test_a_room_token_expiring_takes_the_member_out(auth_server, keys):
 async def test_expiring_then_refresh_keeps_the_connection(auth_server, keys):
     user = uid("u")
     c = await Client.open(
-        with_query(auth_server.ws_url, token=keys.mint(sub=user, exp=int(time.time()) + 20))
+        with_query(auth_server.ws_url, token=keys.mint(sub=user, exp=int(time.time()) + 4))
     )
-    # Less than the 30 s notice is left: `expiring` comes at once.
+    # Less than the 30 s notice is left: `expiring` comes at half the token's life.
     m = await c.expect(lambda m: m.get("type") == "expiring")
-    assert 0 < m["in_ms"] <= 20_000
+    assert 0 < m["in_ms"] <= 4_000
     await c.ok({"type": "auth", "token": keys.mint(sub=user)})
     # Someone else's token is not a refresh.
     await c.send({"type": "auth", "token": keys.mint(sub=uid("other"))})
@@ -265,3 +269,45 @@ async def test_a_server_without_keys_answers_auth_and_room_tokens_unsupported(ws
     r = await c.request({"type": "auth"})
     assert r["type"] == "error" and r["code"] == "bad_request", r
     await c.close()
+
+
+def _demo_token_url(ws_url: str, query: str) -> str:
+    """`…/ws` -> `…/demo/token?query`, on the native server and the Worker's hub alike."""
+    http = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    base = http.split("?", 1)[0]
+    assert base.endswith("/ws"), base
+    return f"{base[: -len('/ws')]}/demo/token?{query}"
+
+
+async def http_get(url: str) -> tuple[int, dict, str]:
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT) as r:
+                return r.status, dict(r.headers), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read().decode()
+    return await asyncio.to_thread(get)
+
+
+async def test_demo_tokens_verify_with_pyjwt_and_connect(auth_server, keys):
+    # The AUTH server mints demo tokens (demo only): PyJWT checks the signature with the
+    # secret and the claims; the token then opens a connection by first-message auth.
+    user = uid("demo")
+    status, headers, body = await http_get(_demo_token_url(auth_server.ws_url, f"user={user}"))
+    assert status == 200, body
+    assert headers.get("Cache-Control", headers.get("cache-control")) == "no-store"
+    answer = json.loads(body)
+    claims = jwt.decode(answer["token"], keys.secret, algorithms=["HS256"], audience=AUD, issuer=ISS)
+    assert claims["sub"] == user and claims["info"] == {"name": user, "demo": True}
+    assert claims["exp"] - claims["iat"] == answer["expires_in"] == 300
+    c = await first_message(auth_server.ws_url, answer["token"])
+    assert c.welcome["user"] == user and c.welcome["info"]["demo"] is True
+    await c.close()
+    for query in ["", "user=", "user=%zz"]:
+        status, _, body = await http_get(_demo_token_url(auth_server.ws_url, query))
+        assert status == 400 and json.loads(body)["error"]["code"] == "bad_request", (query, body)
+
+
+async def test_a_server_without_demo_tokens_answers_204(ws_url):
+    status, _, body = await http_get(_demo_token_url(ws_url, "user=ann"))
+    assert (status, body) == (204, "")

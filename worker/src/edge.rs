@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, HashMap};
 
-use roomcast_core::auth::AuthError;
+use roomcast_core::auth::{demo_token_answer, AuthError};
 use roomcast_core::close;
 use roomcast_core::handshake::{self, Reject, RejectReason};
 use roomcast_core::hub::{
@@ -21,9 +21,9 @@ use roomcast_core::Timestamp;
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::{
-    console_error, console_warn, durable_object, event, Context, Date, DurableObject, Env, Request,
-    RequestInit, Response, Result, ScheduledTime, SqlStorage, SqlStorageValue, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair, WebSocketRequestResponsePair,
+    console_error, console_warn, durable_object, event, Context, Date, DurableObject, Env, Headers,
+    Request, RequestInit, Response, Result, ScheduledTime, SqlStorage, SqlStorageValue, State,
+    WebSocket, WebSocketIncomingMessage, WebSocketPair, WebSocketRequestResponsePair,
 };
 
 use crate::attachment;
@@ -123,6 +123,22 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             let mut to = url.clone();
             to.set_path(&format!("{}/", url.path()));
             return Response::redirect_with_status(to, 308);
+        }
+        Route::HubPage(file) if file == "/demo/token" => {
+            let demo = match read_settings(&env) {
+                Ok(s) => s.demo_tokens,
+                Err(e) => return misconfigured(&e),
+            };
+            let a = demo_token_answer(demo.as_ref(), url.query(), now().as_millis());
+            let headers = Headers::new();
+            headers.set("cache-control", "no-store")?;
+            if a.status == 204 {
+                return Ok(Response::empty()?.with_status(204).with_headers(headers));
+            }
+            headers.set("content-type", "application/json")?;
+            return Ok(Response::ok(a.body)?
+                .with_status(a.status)
+                .with_headers(headers));
         }
         Route::HubPage(file) => {
             let mut to = url.clone();

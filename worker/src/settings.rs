@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use roomcast_core::auth::{AuthSettings, AuthSettingsError};
+use roomcast_core::auth::{AuthSettings, AuthSettingsError, DemoTokens};
 use roomcast_core::handshake::ServerPolicy;
 use roomcast_core::hub::{HeartbeatConfig, HistoryConfig, HubConfig};
 use roomcast_core::values;
@@ -28,6 +28,8 @@ pub const VARIABLES: &[&str] = &[
     "ROOMCAST_AUTH_AUDIENCE",
     "ROOMCAST_AUTH_ISSUER",
     "ROOMCAST_AUTH_DENY_BY_DEFAULT",
+    "ROOMCAST_DEMO_TOKENS",
+    "ROOMCAST_DEMO_TOKEN_TTL",
     "ROOMCAST_MAX_CONNECTIONS",
     "ROOMCAST_MAX_MESSAGE_SIZE",
     "ROOMCAST_HISTORY",
@@ -65,6 +67,9 @@ pub struct Settings {
     pub hub: HubConfig,
     /// Handshake policy (allowed origins, subprotocol).
     pub policy: ServerPolicy,
+    /// Demo tokens minted at `/hub/{name}/demo/token` (`ROOMCAST_DEMO_TOKENS`; demos
+    /// only: anyone gets a token for any name).
+    pub demo_tokens: Option<DemoTokens>,
 }
 
 impl Settings {
@@ -140,6 +145,7 @@ impl Settings {
             .verifier()
             .map_err(auth_error)?
             .map(Arc::new);
+        let demo_tokens = demo_tokens(&get)?;
         let allowed_origins = get("ROOMCAST_ALLOWED_ORIGIN")
             .map(|(_, v)| {
                 v.split(',')
@@ -155,6 +161,7 @@ impl Settings {
                 allowed_origins,
                 subprotocols: vec![SUBPROTOCOL.to_owned()],
             },
+            demo_tokens,
         })
     }
 }
@@ -177,6 +184,37 @@ fn auth_settings(
         issuer: get("ROOMCAST_AUTH_ISSUER").map(|(_, v)| v),
         deny_by_default,
     })
+}
+
+/// `ROOMCAST_DEMO_TOKENS` (and its `_TTL`, default 5 minutes): signed with the auth
+/// secret, which must be set. The native server can make a random one at start; every
+/// isolate of a Worker would make a different one, so here it must be given.
+fn demo_tokens(
+    get: &impl Fn(&'static str) -> Option<(&'static str, String)>,
+) -> Result<Option<DemoTokens>, SettingsError> {
+    let Some((name, v)) = get("ROOMCAST_DEMO_TOKENS") else {
+        return Ok(None);
+    };
+    if !parse_bool(name, &v)? {
+        return Ok(None);
+    }
+    let Some((_, secret)) = get("ROOMCAST_AUTH_SECRET") else {
+        return Err(bad(
+            name,
+            &v,
+            "demo tokens are signed with ROOMCAST_AUTH_SECRET: set it",
+        ));
+    };
+    let ttl_ms = match get("ROOMCAST_DEMO_TOKEN_TTL") {
+        Some((name, v)) => parse_millis(name, &v)?,
+        None => 300_000,
+    };
+    Ok(Some(
+        DemoTokens::new(secret.into_bytes(), ttl_ms / 1000).with_audience_issuer(
+            get("ROOMCAST_AUTH_AUDIENCE").map(|(_, v)| v),
+            get("ROOMCAST_AUTH_ISSUER").map(|(_, v)| v),
+        ),
+    ))
 }
 
 /// Names the variable at fault, never its value (a secret in an error page or a log is
@@ -370,6 +408,30 @@ mod tests {
             assert_eq!(e.name, k);
             assert!(e.to_string().starts_with(k), "{e}");
         }
+    }
+
+    #[test]
+    fn demo_tokens_need_the_auth_secret_and_take_a_lifetime() {
+        let secret = ("ROOMCAST_AUTH_SECRET", "0123456789abcdef0123456789abcdef");
+        assert_eq!(with(&[secret]).unwrap().demo_tokens, None);
+        let s = with(&[secret, ("ROOMCAST_DEMO_TOKENS", "true")]).unwrap();
+        assert_eq!(s.demo_tokens.unwrap().ttl_s(), 300);
+        let s = with(&[
+            secret,
+            ("ROOMCAST_DEMO_TOKENS", "1"),
+            ("ROOMCAST_DEMO_TOKEN_TTL", "90s"),
+        ])
+        .unwrap();
+        assert_eq!(s.demo_tokens.unwrap().ttl_s(), 90);
+        assert_eq!(
+            with(&[secret, ("ROOMCAST_DEMO_TOKENS", "off")])
+                .unwrap()
+                .demo_tokens,
+            None
+        );
+        let e = with(&[("ROOMCAST_DEMO_TOKENS", "true")]).unwrap_err();
+        assert_eq!(e.name, "ROOMCAST_DEMO_TOKENS");
+        assert!(e.problem.contains("ROOMCAST_AUTH_SECRET"));
     }
 
     #[test]

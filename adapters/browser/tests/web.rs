@@ -298,6 +298,7 @@ fn mistakes_throw_type_errors() {
         ("ws://127.0.0.1:9/ws", r#"{"usr":"typo"}"#),
         ("ws://127.0.0.1:9/ws", r#"{"ackTimeoutMs":"soon"}"#),
         ("ws://127.0.0.1:9/ws", r#"{"user":""}"#),
+        ("ws://127.0.0.1:9/ws", r#"{"token":42}"#),
     ];
     for (url, opts) in bad {
         let r = RoomcastClient::new(url, Some(obj(opts).unchecked_into()));

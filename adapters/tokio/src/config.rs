@@ -56,6 +56,10 @@ pub struct Config {
     /// connections get an immediate `503` and are closed: the count bound on slow
     /// handshakes, so unfinished heads cannot use up file descriptors or memory.
     pub max_pending_handshakes: usize,
+    /// Mint demo tokens at `GET /demo/token?user=NAME` (see
+    /// [`roomcast_core::auth::DemoTokens`]): anyone gets a token for any name. For
+    /// demos only; off by default (the route then answers 204).
+    pub demo_tokens: Option<roomcast_core::auth::DemoTokens>,
 }
 
 impl Default for Config {
@@ -72,6 +76,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 1024,
+            demo_tokens: None,
         }
     }
 }

@@ -15,13 +15,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::Full;
+use roomcast_core::auth::demo_token_answer;
 use roomcast_core::handshake::{self, Accept, Reject, RejectReason};
 use roomcast_core::hub::{ConnectError, ConnectRequest};
 use tracing::{debug, warn};
 
 use crate::commands::ConnectRefused;
 use crate::handle::Roomcast;
-use crate::responses::text_response;
+use crate::responses::{json_response, text_response};
 use crate::socket::{self, Mode};
 
 /// What an upgraded socket is served as.
@@ -260,6 +261,14 @@ impl Roomcast {
             return resp;
         }
         match path {
+            "/demo/token" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let a =
+                    demo_token_answer(shared.config.demo_tokens.as_ref(), req.uri().query(), now);
+                json_response(a.status, a.body)
+            }
             "/healthz" => {
                 if self.is_running() {
                     text_response(StatusCode::OK, "ok\n")

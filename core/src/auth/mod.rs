@@ -10,11 +10,13 @@
 //! contract; `docs/security.md` the threat model.
 
 mod caps;
+mod demo;
 mod keys;
 mod settings;
 mod verify;
 
 pub use caps::{Caps, CapsError, Grant, Op, Ops, Pattern, Scope};
+pub use demo::{demo_token_answer, DemoAnswer, DemoTokenError, DemoTokens};
 pub use keys::{KeyError, KeySet, MIN_SECRET_LEN};
 pub use settings::{AuthSettings, AuthSettingsError};
 pub use verify::{AuthConfig, AuthError, Identity, RoomGrant, Verifier, MAX_INFO_LEN, MAX_LEEWAY};

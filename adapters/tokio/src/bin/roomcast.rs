@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use roomcast_tokio::core::auth::{AuthSettings, AuthSettingsError, Verifier};
+use roomcast_tokio::core::auth::{AuthSettings, AuthSettingsError, DemoTokens, Verifier};
 use roomcast_tokio::core::values;
 use roomcast_tokio::{heartbeat_for, Config, Server};
 use tracing::{error, info};
@@ -170,6 +170,27 @@ struct Args {
     )]
     auth_deny_by_default: bool,
 
+    /// DEMO ONLY: serve `GET /demo/token?user=NAME`, which gives anyone a signed token
+    /// for any name (no password), so the chat demo shows the real token flow. Signs
+    /// with --auth-secret, or a random secret made at start when there is none; either
+    /// way every connection then needs a token.
+    #[arg(
+        long,
+        env = "ROOMCAST_DEMO_TOKENS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    demo_tokens: bool,
+
+    /// Lifetime of a demo token (refreshed by the clients before it ends).
+    #[arg(
+        long,
+        env = "ROOMCAST_DEMO_TOKEN_TTL",
+        value_name = "DUR",
+        default_value = "5m",
+        value_parser = parse_positive_duration
+    )]
+    demo_token_ttl: Duration,
+
     /// Most channels one connection may subscribe to at once; subscribes past it get
     /// `too_many_subscriptions`.
     #[arg(
@@ -309,7 +330,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 
 impl Args {
     /// The token settings, when a key is given (checked by the core, as the Worker's).
-    fn auth(&self) -> Result<Option<Verifier>, String> {
+    fn auth(&self, demo_secret: Option<&str>) -> Result<Option<Verifier>, String> {
         let mut public_keys = Vec::with_capacity(self.auth_public_key.len());
         for path in &self.auth_public_key {
             let text = std::fs::read_to_string(path)
@@ -317,7 +338,7 @@ impl Args {
             public_keys.push(text);
         }
         let settings = AuthSettings {
-            secret: self.auth_secret.clone(),
+            secret: self.auth_secret.clone().or(demo_secret.map(str::to_owned)),
             public_keys,
             audience: self.auth_audience.clone(),
             issuer: self.auth_issuer.clone(),
@@ -349,7 +370,19 @@ impl Args {
         hub.clients_create_rooms = !self.no_room_creation;
         hub.max_rooms_per_conn = self.max_rooms_per_connection;
         hub.max_rooms = self.max_rooms;
-        hub.auth = self.auth()?.map(Arc::new);
+        let demo_secret = (self.demo_tokens && self.auth_secret.is_none()).then(random_secret);
+        hub.auth = self.auth(demo_secret.as_deref())?.map(Arc::new);
+        if self.demo_tokens {
+            let secret = self
+                .auth_secret
+                .clone()
+                .or(demo_secret)
+                .expect("one of them is set");
+            config.demo_tokens = Some(
+                DemoTokens::new(secret, self.demo_token_ttl.as_secs())
+                    .with_audience_issuer(self.auth_audience.clone(), self.auth_issuer.clone()),
+            );
+        }
         hub.max_subscriptions_per_conn = self.max_subscriptions_per_connection;
         hub.rate_limit.burst = self.rate_limit_burst;
         hub.rate_limit.per_second = self.rate_limit_per_second;
@@ -373,6 +406,14 @@ impl Args {
         };
         Ok(config)
     }
+}
+
+/// 32 random bytes as hex: the demo tokens' secret when none is given (it dies with the
+/// process, and so do the tokens signed with it).
+fn random_secret() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn main() -> ExitCode {
