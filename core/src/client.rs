@@ -689,6 +689,13 @@ impl Client {
             PublishTarget::Room(r) => Some(r),
             _ => None,
         });
+        self.request_or_queue(id, kind, text);
+        Ok(id)
+    }
+
+    /// Sends request `id` now, or keeps it (bounded, oldest dropped) for after the
+    /// next rejoin.
+    fn request_or_queue(&mut self, id: u64, kind: Pending, text: String) {
         if self.is_open() {
             self.request(id, kind, true, text);
         } else {
@@ -698,7 +705,7 @@ impl Client {
                     self.event(ClientEvent::Error {
                         id: Some(old),
                         code: "dropped".into(),
-                        message: "offline queue full: oldest publish dropped".into(),
+                        message: "offline queue full: oldest request dropped".into(),
                     });
                     self.event(ClientEvent::Dropped {
                         total: self.dropped,
@@ -707,6 +714,34 @@ impl Client {
             }
             self.queue.push_back((id, kind, text));
         }
+    }
+
+    /// Calls `method` on the server's application (an rpc hook) with raw JSON `data`.
+    /// The ack's `data` is the answer; an application refusal is an error with its own
+    /// code. Queued while offline like a publish (the same bound); if the connection
+    /// drops after it was sent, it fails with `disconnected` rather than risk running
+    /// twice.
+    pub fn rpc(&mut self, method: &str, data: Option<&str>) -> Result<u64, ClientError> {
+        self.check_open_or_pending()?;
+        if !protocol::valid_name(method) {
+            return Err(ClientError::BadName);
+        }
+        let data = match data {
+            Some(d) => Some(RawValue::from_string(d.to_owned()).map_err(|_| ClientError::BadData)?),
+            None => None,
+        };
+        let id = self.id();
+        let mut text = String::with_capacity(64);
+        text.push_str("{\"type\":\"rpc\",\"id\":");
+        text.push_str(&id.to_string());
+        text.push_str(",\"method\":");
+        text.push_str(&serde_json::to_string(method).expect("strings serialize"));
+        if let Some(d) = &data {
+            text.push_str(",\"data\":");
+            text.push_str(d.get());
+        }
+        text.push('}');
+        self.request_or_queue(id, Pending::Other, text);
         Ok(id)
     }
 

@@ -23,7 +23,7 @@ pub mod code {
     pub const ABNORMAL: u16 = 1006;
     /// A text message (or close reason) was not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// The peer violated a policy (rate limit, slow consumer).
+    /// The peer violated a policy (rate limit abuse).
     pub const POLICY: u16 = 1008;
     /// A message exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
@@ -31,6 +31,9 @@ pub mod code {
     pub const MANDATORY_EXT: u16 = 1010;
     /// The server hit an unexpected condition.
     pub const INTERNAL: u16 = 1011;
+    /// Try again later: a slow consumer, an overloaded server. Clients reconnect with
+    /// backoff (and recover), unlike after 1008.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The TLS handshake failed; reported locally, never sent.
     pub const TLS: u16 = 1015;
     /// roomcast: a token refused, missing in time, or expired (get a fresh token, then

@@ -54,6 +54,10 @@
 //!             // send the close frame, drop the socket, then report it:
 //!             hub.handle_disconnect(Timestamp(7), conn, DisconnectReason::Closed { code: None }).unwrap();
 //!         }
+//!         Output::Decide(d) => {
+//!             // only with hooks on: ask the application, then (later) answer
+//!             hub.handle_decision(Timestamp(7), d.ticket, roomcast_core::hub::Answer::allow()).unwrap();
+//!         }
 //!         Output::Event(_) | Output::Forward(_) => {}
 //!     }
 //! }
@@ -72,6 +76,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod auth;
 pub mod client;
 pub mod close;

@@ -38,8 +38,12 @@ pub enum ErrorCode {
     Forbidden,
     /// Over the request rate limit.
     RateLimited,
-    /// Not part of protocol v1 (binary messages).
+    /// Not supported here (binary messages; `auth` without keys; `rpc` without a hook).
     Unsupported,
+    /// The application did not answer in time (a hook timed out or its backend is down).
+    Unavailable,
+    /// A code the application chose when it refused (see [`Rejection::application`]).
+    Application,
 }
 
 impl ErrorCode {
@@ -56,6 +60,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Application => "application",
         }
     }
 }
@@ -67,6 +73,8 @@ pub struct Rejection {
     pub code: ErrorCode,
     /// Why, for a developer reading the socket.
     pub message: Cow<'static, str>,
+    /// With [`ErrorCode::Application`]: the application's own code, sent as is.
+    pub app_code: Option<Box<str>>,
 }
 
 impl Rejection {
@@ -74,6 +82,30 @@ impl Rejection {
         Rejection {
             code,
             message: message.into(),
+            app_code: None,
+        }
+    }
+
+    /// A refusal with the application's own `code` (a valid name, passed through to
+    /// the client unchanged); a code breaking the name rules becomes `forbidden`, so a
+    /// backend cannot put arbitrary bytes on the wire.
+    pub fn application(code: &str, message: impl Into<Cow<'static, str>>) -> Self {
+        if valid_name(code) {
+            Rejection {
+                code: ErrorCode::Application,
+                message: message.into(),
+                app_code: Some(code.into()),
+            }
+        } else {
+            Rejection::new(ErrorCode::Forbidden, message)
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn code_str(&self) -> &str {
+        match (&self.app_code, self.code) {
+            (Some(c), ErrorCode::Application) => c,
+            _ => self.code.as_str(),
         }
     }
 }
@@ -155,6 +187,13 @@ pub enum Request<'a> {
     },
     /// Application-level ping.
     Ping,
+    /// A call the application answers (an rpc hook).
+    Rpc {
+        /// The method name.
+        method: Cow<'a, str>,
+        /// Raw JSON argument (`None`: absent).
+        data: Option<&'a RawValue>,
+    },
 }
 
 /// A parsed request: the id (when valid) and the request or why it was refused.
@@ -198,6 +237,8 @@ struct RawRequest<'a> {
     presence: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
 }
 
 fn bad_request(msg: impl Into<Cow<'static, str>>) -> Rejection {
@@ -378,6 +419,14 @@ fn typed<'a>(raw: &RawRequest<'a>) -> Result<Request<'a>, Rejection> {
             })
         }
         "ping" => Ok(Request::Ping),
+        "rpc" => {
+            let method = required(raw.method, "method")?;
+            check_name(&method, "method")?;
+            Ok(Request::Rpc {
+                method,
+                data: raw.data,
+            })
+        }
         other => {
             let shown: String = other.chars().take(32).collect();
             Err(bad_request(format!("unknown request type `{shown}`")))
@@ -434,9 +483,9 @@ pub(crate) fn write_head(out: &mut Vec<u8>, kind: &str, id: Option<&RequestId>) 
 /// A complete `error` message.
 pub(crate) fn write_error(out: &mut Vec<u8>, id: Option<&RequestId>, rej: &Rejection) {
     write_head(out, "error", id);
-    out.extend_from_slice(b",\"code\":\"");
-    out.extend_from_slice(rej.code.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"message\":");
+    out.extend_from_slice(b",\"code\":");
+    write_str(out, rej.code_str());
+    out.extend_from_slice(b",\"message\":");
     write_str(out, &rej.message);
     out.push(b'}');
 }

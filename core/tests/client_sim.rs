@@ -23,10 +23,12 @@ use roomcast_core::client::{
     Client, ClientConfig, ClientEvent, ClientOutput, ClientState, PublishTarget, Via,
 };
 use roomcast_core::hub::{
-    ConnectRequest, DisconnectReason, HeartbeatConfig, HistoryConfig, HubConfig, Output,
+    Answer, ConnectRequest, DisconnectReason, HeartbeatConfig, HistoryConfig, HookConfig,
+    HubConfig, Output, Ticket,
 };
 use roomcast_core::rng::Rng;
 use roomcast_core::{ConnId, Hub, Timestamp};
+use serde_json::value::RawValue;
 
 const ROOMS: [&str; 4] = ["r0", "r1", "r2", "r3"];
 const SECRET: &[u8] = b"client-sim-secret-0123456789abcdef";
@@ -76,6 +78,11 @@ enum Ev {
     HubClosed {
         link: usize,
     },
+    /// The application answers a parked publish.
+    Answer {
+        ticket: u64,
+        replace: bool,
+    },
     /// The application answers a token request (or fails to).
     Token {
         client: usize,
@@ -119,6 +126,8 @@ struct World {
     refreshes: u64,
     token_failures: u64,
     unauthorized: u64,
+    /// Publishes parked for the application (hooked seeds), answered eventually.
+    decisions: u64,
 }
 
 impl World {
@@ -151,6 +160,12 @@ impl World {
                 coalesce_room_messages: seed % 2 == 1,
                 auth,
                 clock_unix_ms: T0_MS,
+                // Seeds 1, 5, 9, ...: the application decides every publish, slowly.
+                hooks: HookConfig {
+                    publish: seed % 4 == 1,
+                    timeout_ms: 400,
+                    ..HookConfig::default()
+                },
                 ..HubConfig::default()
             },
             hs,
@@ -210,6 +225,7 @@ impl World {
             refreshes: 0,
             token_failures: 0,
             unauthorized: 0,
+            decisions: 0,
         }
     }
 
@@ -388,6 +404,21 @@ impl World {
                         }
                     }
                 }
+                Output::Decide(d) => {
+                    // Late (some past the hub's 400 ms deadline), out of order, or never.
+                    let roll = self.rng.below_or_eq(19);
+                    if roll > 0 {
+                        let d_ms = self.rng.below_or_eq(if roll < 3 { 900 } else { 200 });
+                        self.decisions += 1;
+                        self.schedule(
+                            self.now + d_ms,
+                            Ev::Answer {
+                                ticket: d.ticket.0,
+                                replace: roll % 2 == 0,
+                            },
+                        );
+                    }
+                }
                 Output::Event(_) | Output::Forward(_) => {}
             }
         }
@@ -436,6 +467,17 @@ impl World {
                             .expect("open");
                     }
                 }
+            }
+            Ev::Answer { ticket, replace } => {
+                let answer = if replace {
+                    Answer::with_data(RawValue::from_string("\"moderated\"".into()).unwrap())
+                } else {
+                    Answer::allow()
+                };
+                self.hub
+                    .handle_decision(Timestamp(self.now), Ticket(ticket), answer)
+                    .expect("answers never fail");
+                self.pump_hub();
             }
             Ev::Token { client, ticket, ok } => {
                 let answer = if ok {
@@ -561,7 +603,7 @@ impl World {
     }
 }
 
-fn run_seed(seed: u64) -> (u64, u64, u64, [u64; 3]) {
+fn run_seed(seed: u64) -> (u64, u64, u64, [u64; 4]) {
     let mut w = World::new(seed, 16);
     for i in 0..w.clients.len() {
         w.pump_client(i);
@@ -637,7 +679,7 @@ fn run_seed(seed: u64) -> (u64, u64, u64, [u64; 3]) {
         published,
         w.cuts,
         w.silences,
-        [w.refreshes, w.token_failures, w.unauthorized],
+        [w.refreshes, w.token_failures, w.unauthorized, w.decisions],
     )
 }
 
@@ -652,14 +694,14 @@ fn reconnecting_clients_lose_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let (mut cuts, mut silences, mut tok) = (0, 0, [0u64; 3]);
+    let (mut cuts, mut silences, mut tok) = (0, 0, [0u64; 4]);
     for seed in 0..seeds {
         let r = std::panic::catch_unwind(|| run_seed(seed));
         match r {
             Ok((_, c, s, t)) => {
                 cuts += c;
                 silences += s;
-                for k in 0..3 {
+                for k in 0..4 {
                     tok[k] += t[k];
                 }
             }
@@ -670,8 +712,8 @@ fn reconnecting_clients_lose_nothing() {
         }
     }
     eprintln!(
-        "{seeds} seeds: {cuts} cuts, {silences} half-open links; tokens: {} refreshes, {} failed fetches, {} closes 4001",
-        tok[0], tok[1], tok[2]
+        "{seeds} seeds: {cuts} cuts, {silences} half-open links; tokens: {} refreshes, {} failed fetches, {} closes 4001; {} publishes decided by the application",
+        tok[0], tok[1], tok[2], tok[3]
     );
     if seeds >= 10 {
         assert!(cuts > seeds && silences > seeds, "chaos actually happened");
@@ -680,5 +722,6 @@ fn reconnecting_clients_lose_nothing() {
             tok[0] > token_seeds && tok[1] > 0 && tok[2] > 0,
             "token refreshes, failed fetches and 4001 closes all happened"
         );
+        assert!(tok[3] > seeds, "hooked seeds parked publishes");
     }
 }

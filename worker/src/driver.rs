@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use roomcast_core::hub::{
-    ConnId, ConnSnapshot, ConnectError, ConnectRequest, Destination, DisconnectReason, Event,
-    HistoryConfig, HubConfig, HubError, Output, Published, RoomSnapshot,
+    Answer, ConnId, ConnSnapshot, ConnectError, ConnectRequest, Destination, DisconnectReason,
+    Event, HistoryConfig, HubConfig, HubError, Output, Published, RoomSnapshot,
 };
 use roomcast_core::{Hub, Timestamp};
 use thiserror::Error;
@@ -341,6 +341,11 @@ impl Driver {
                 }
                 // Never produced with `server_pings: false`; workerd answers protocol pings.
                 Output::Ping { .. } | Output::Forward(_) => {}
+                // The Worker has no hooks yet, so its hub config turns none on and the
+                // hub asks nothing; were it to, refuse rather than leave it hanging.
+                Output::Decide(d) => {
+                    let _ = self.hub.handle_decision(now, d.ticket, Answer::Unavailable);
+                }
                 Output::Event(ev) => self.on_event(ev, &mut errors, store),
             }
         }

@@ -685,6 +685,50 @@ impl RoomcastClient {
         self.inner.request(r)
     }
 
+    /// Calls `method` on the server's application (an rpc hook) with any JSON `data`;
+    /// resolves with its answer. Rejects with the application's own error code when it
+    /// refuses, `unsupported` when the server answers no rpc, `unavailable` when the
+    /// application did not answer in time, and `disconnected` if the connection dropped
+    /// after the call was sent (it may or may not have run). Queued while offline.
+    #[wasm_bindgen(unchecked_return_type = "Promise<unknown>")]
+    pub fn rpc(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string")] method: JsValue,
+        data: JsValue,
+    ) -> Promise {
+        let r = (|| {
+            let method = method
+                .as_string()
+                .ok_or_else(|| js_error("bad_request", "method must be a string", None))?;
+            let data = if data.is_undefined() {
+                None
+            } else {
+                let text = JSON::stringify(&data)
+                    .ok()
+                    .and_then(|s| s.as_string())
+                    .ok_or_else(|| {
+                        js_error("bad_request", "data is not JSON-serializable", None)
+                    })?;
+                Some(text)
+            };
+            self.inner
+                .machine
+                .borrow_mut()
+                .rpc(&method, data.as_deref())
+                .map_err(client_error)
+        })();
+        let acked = wasm_bindgen_futures::JsFuture::from(self.inner.request(r));
+        wasm_bindgen_futures::future_to_promise(async move {
+            let ack = acked.await?;
+            let data = Reflect::get(&ack, &"data".into()).unwrap_or(JsValue::NULL);
+            Ok(if data.is_undefined() {
+                JsValue::NULL
+            } else {
+                data
+            })
+        })
+    }
+
     /// Adds an event handler; see `RoomcastEventMap` for the names and payloads.
     #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: &str, handler: JsValue) -> Result<(), JsValue> {

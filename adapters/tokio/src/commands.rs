@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use roomcast_core::connection::TextMessage;
-use roomcast_core::hub::{ConnId, ConnectError, ConnectRequest, DisconnectReason, Hub};
+use roomcast_core::hub::{
+    Answer, ConnId, ConnectError, ConnectRequest, DisconnectReason, Hub, Ticket,
+};
 use roomcast_core::Timestamp;
 use tokio::sync::{oneshot, Notify};
 
@@ -47,6 +49,11 @@ pub(crate) enum Command {
     },
     /// A closure from [`crate::Roomcast::call`], given the hub and the current time.
     Call(HubJob),
+    /// The application answered a parked request.
+    Decided {
+        ticket: Ticket,
+        answer: Answer,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },

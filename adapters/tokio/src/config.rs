@@ -60,6 +60,21 @@ pub struct Config {
     /// [`roomcast_core::auth::DemoTokens`]): anyone gets a token for any name. For
     /// demos only; off by default (the route then answers 204).
     pub demo_tokens: Option<roomcast_core::auth::DemoTokens>,
+    /// The application's hooks ([`Config::with_hooks`]); none by default.
+    pub hooks: Option<crate::hooks::SharedHooks>,
+    /// Serve the server HTTP API under `/api/` to callers presenting this key
+    /// (`Authorization: Bearer KEY`); off (404) without one.
+    pub api_key: Option<ApiKey>,
+}
+
+/// The server API's key; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(…)")
+    }
 }
 
 impl Default for Config {
@@ -77,11 +92,21 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 1024,
             demo_tokens: None,
+            hooks: None,
+            api_key: None,
         }
     }
 }
 
 impl Config {
+    /// Lets `hooks` decide the operations its [`Hooks::decides`](crate::Hooks::decides)
+    /// names (join, subscribe, publish, rpc), with its timeout, and hear of disconnects.
+    pub fn with_hooks(mut self, hooks: impl crate::Hooks) -> Config {
+        self.hub.hooks = hooks.decides();
+        self.hooks = Some(crate::hooks::SharedHooks(std::sync::Arc::new(hooks)));
+        self
+    }
+
     pub(crate) fn policy(&self) -> ServerPolicy {
         ServerPolicy {
             allowed_origins: self.allowed_origins.clone(),

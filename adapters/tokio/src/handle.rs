@@ -123,7 +123,19 @@ impl Roomcast {
             shutdown: Arc::default(),
             statics,
         });
-        tokio::spawn(run_hub(hub, rx, clock, events, shared.metrics.clone()));
+        let hooks = shared
+            .config
+            .hooks
+            .clone()
+            .map(|h| (h.0, shared.commands.downgrade()));
+        tokio::spawn(run_hub(
+            hub,
+            rx,
+            clock,
+            events,
+            shared.metrics.clone(),
+            hooks,
+        ));
         Roomcast { shared }
     }
 

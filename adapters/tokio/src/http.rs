@@ -14,7 +14,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
+use roomcast_core::api;
 use roomcast_core::auth::demo_token_answer;
 use roomcast_core::handshake::{self, Accept, Reject, RejectReason};
 use roomcast_core::hub::{ConnectError, ConnectRequest};
@@ -236,7 +237,70 @@ impl Roomcast {
         RoomcastService { rc: self.clone() }
     }
 
-    async fn route<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+    /// The server HTTP API (`/api/…`, see [`roomcast_core::api`]): the key, then the
+    /// body (bounded), then the core's answer, computed on the hub task.
+    async fn api<B>(&self, req: Request<B>, path: String) -> Response<Full<Bytes>>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(key) = self.shared.config.api_key.as_ref() else {
+            let a = api::ApiResponse::error(
+                404,
+                "not_found",
+                "the server API is off: start with --api-key",
+            );
+            return json_response(a.status, a.body);
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !api::authorized(given, &key.0) {
+            let a = api::ApiResponse::unauthorized();
+            let mut resp = json_response(a.status, a.body);
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"roomcast\""),
+            );
+            return resp;
+        }
+        let method = req.method().as_str().to_owned();
+        let query = req.uri().query().map(str::to_owned);
+        let body = match Limited::new(req.into_body(), api::MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                let a = api::ApiResponse::error(413, "bad_request", "body too large or unreadable");
+                return json_response(a.status, a.body);
+            }
+        };
+        let answer = self
+            .call(move |hub, now| {
+                api::handle(
+                    hub,
+                    now,
+                    api::ApiRequest {
+                        method: &method,
+                        path: &path,
+                        query: query.as_deref(),
+                        body: &body,
+                    },
+                )
+            })
+            .await;
+        match answer {
+            Ok(a) => json_response(a.status, a.body),
+            Err(_) => text_response(StatusCode::SERVICE_UNAVAILABLE, "hub stopped\n"),
+        }
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let shared = &self.shared;
         shared.metrics.http_request();
         let path = req.uri().path();
@@ -252,6 +316,12 @@ impl Roomcast {
         }
         if wants_websocket(&req) {
             return self.refuse(&Reject::new(404, RejectReason::NotFound));
+        }
+        if let Some(rest) = path.strip_prefix("/api") {
+            if rest.is_empty() || rest.starts_with('/') {
+                let rest = rest.to_owned();
+                return self.api(req, rest).await;
+            }
         }
         let method = req.method();
         if method != Method::GET && method != Method::HEAD {
@@ -345,7 +415,41 @@ macro_rules! roomcast_service {
 }
 
 roomcast_service!(WsHandler, upgrade);
-roomcast_service!(RoomcastService, route);
+
+impl<B> hyper::service::Service<Request<B>> for RoomcastService
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let rc = self.rc.clone();
+        Box::pin(async move { Ok(rc.route(req).await) })
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for RoomcastService
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        hyper::service::Service::call(&*self, req)
+    }
+}
 
 #[cfg(test)]
 mod tests {

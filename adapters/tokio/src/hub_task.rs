@@ -14,13 +14,14 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use roomcast_core::hub::{ConnId, DisconnectReason, Event, Hub, Output};
+use roomcast_core::hub::{Answer, ConnId, DisconnectReason, Event, Hub, Output};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, trace};
 
 use crate::clock::Clock;
 use crate::commands::{Command, ConnectRefused, Registered};
 use crate::config::BENCH_ROOM;
+use crate::hooks::{self, Caller, Hooks};
 use crate::metrics::Metrics;
 use crate::outbox::{outbox, Due, OutboxTx};
 use crate::socket;
@@ -67,6 +68,9 @@ struct HubTask {
     /// socket tasks report theirs (`socket::flush_report_min`).
     flush_report_min: usize,
     shutting_down: bool,
+    /// The application's hooks, and the way back for their answers (weak: the hub task
+    /// must still stop when every handle and socket is gone).
+    hooks: Option<(Arc<dyn Hooks>, mpsc::WeakSender<Command>)>,
 }
 
 pub(crate) async fn run_hub(
@@ -75,8 +79,10 @@ pub(crate) async fn run_hub(
     clock: Clock,
     events: broadcast::Sender<Event>,
     metrics: Arc<Metrics>,
+    hooks: Option<(Arc<dyn Hooks>, mpsc::WeakSender<Command>)>,
 ) {
     let mut task = HubTask {
+        hooks,
         flush_report_min: socket::flush_report_min(hub.config()),
         hub,
         clock,
@@ -142,7 +148,7 @@ impl HubTask {
                 // members as it is. Liveness is counted as for a JSON request.
                 let _ = hub.handle_activity(now, conn);
                 let _ = match text.as_str() {
-                    "sub" => hub.join(now, conn, BENCH_ROOM, false),
+                    "sub" => hub.join_untold(now, conn, BENCH_ROOM, false),
                     // Nobody subscribed yet: the room does not exist, nothing to deliver.
                     t => hub.send_raw_to_room(now, BENCH_ROOM, t, &[]).map(drop),
                 };
@@ -186,6 +192,9 @@ impl HubTask {
                 }
             }
             Command::Call(f) => f(hub, now),
+            Command::Decided { ticket, answer } => {
+                let _ = hub.handle_decision(now, ticket, answer);
+            }
             Command::Shutdown { done } => {
                 if !self.shutting_down {
                     info!(
@@ -220,6 +229,27 @@ impl HubTask {
         self.direct_due = due;
     }
 
+    /// Runs the hook that answers `decision` on a task of its own; its answer comes
+    /// back as a command. Without hooks (or once the hub is going away) it is refused
+    /// `unavailable` at once.
+    fn decide(&mut self, decision: roomcast_core::hub::Decision) {
+        let ticket = decision.ticket;
+        let back = self
+            .hooks
+            .as_ref()
+            .and_then(|(h, w)| Some((h, w.upgrade()?)));
+        let Some((hooks, back)) = back else {
+            let now = self.clock.now();
+            let _ = self.hub.handle_decision(now, ticket, Answer::Unavailable);
+            return;
+        };
+        let answer = hooks::ask(hooks.as_ref(), decision);
+        tokio::spawn(async move {
+            let answer = answer.await;
+            let _ = back.send(Command::Decided { ticket, answer }).await;
+        });
+    }
+
     /// Drains the hub's outputs to the socket queues.
     fn route(&mut self) {
         while let Some(out) = self.hub.poll_output() {
@@ -245,9 +275,25 @@ impl HubTask {
                         tx.close(code, reason);
                     }
                 }
+                Output::Decide(decision) => self.decide(*decision),
                 Output::Event(event) => {
-                    if let Event::Disconnected { conn, reason, .. } = &event {
+                    if let Event::Disconnected {
+                        conn,
+                        wire_id,
+                        user,
+                        reason,
+                    } = &event
+                    {
                         debug!(%conn, reason = reason.as_str(), "disconnected");
+                        if let Some((hooks, _)) = &self.hooks {
+                            let caller = Caller {
+                                conn: *conn,
+                                wire_id: wire_id.to_string(),
+                                user: user.as_deref().map(str::to_owned),
+                                info: None,
+                            };
+                            hooks.disconnected(caller, reason.clone());
+                        }
                     }
                     if self.events.receiver_count() > 0 {
                         let _ = self.events.send(event);

@@ -36,7 +36,7 @@
 //! messages of that batch reach each member as one burst, re-arms a single timer set from
 //! [`Hub::poll_timeout`], and appends each output to the receiver's outbox, waking its
 //! socket task only when the outbox was empty. The hub bounds what is unsent in bytes
-//! itself (slow consumers are closed with 1008), fed by the flush reports socket tasks send
+//! itself (slow consumers are closed with 1013), fed by the flush reports socket tasks send
 //! after their writes. Each socket task owns its core
 //! [`roomcast_core::connection::Connection`] and writes everything pending in one write:
 //! a room message is encoded once whatever the room size, and a burst of them is one
@@ -48,11 +48,13 @@ mod clock;
 mod commands;
 mod config;
 mod handle;
+pub mod hooks;
 mod http;
 mod hub_task;
 mod io;
 mod metrics;
 mod outbox;
+pub mod proxy;
 pub mod reconnecting;
 mod responses;
 mod server;
@@ -60,14 +62,16 @@ mod shutdown;
 mod socket;
 mod statics;
 
-pub use config::{heartbeat_for, Config, BENCH_ROOM};
+pub use config::{heartbeat_for, ApiKey, Config, BENCH_ROOM};
 pub use handle::{CallError, Roomcast};
+pub use hooks::{Caller, HookFuture, Hooks, PublishRequest};
 pub use http::{PeerAddr, RoomcastService, WsHandler};
+pub use proxy::{ProxyHook, ProxyHooks};
 pub use server::{Server, ServerError};
 
 /// The core crate, re-exported so embedders use the exact version this adapter speaks.
 pub use roomcast_core as core;
 pub use roomcast_core::hub::{
-    ConnId, ConnectRequest, Delivery, DisconnectReason, Event, Hub, HubConfig, HubError,
-    RoomOptions, Stats,
+    Answer, ConnId, ConnectRequest, Delivery, DisconnectReason, Event, HookConfig, Hub, HubConfig,
+    HubError, RoomOptions, Stats,
 };

@@ -77,6 +77,7 @@ enum Cmd {
     Subscribe(String, Reply),
     Unsubscribe(String, Reply),
     Publish(Target, String, Option<String>, bool, Reply),
+    Rpc(String, Option<String>, Reply),
     Close(oneshot::Sender<()>),
 }
 
@@ -229,6 +230,13 @@ impl ReconnectingClient {
         self.handle.publish(target, event, data, echo).await
     }
 
+    /// Calls `method` on the server's application with raw JSON `data`; resolves with
+    /// the answer's raw JSON (`null` when it gave none). A refusal carries the
+    /// application's own code.
+    pub async fn rpc(&self, method: &str, data: Option<&str>) -> Result<String, RequestError> {
+        self.handle.rpc(method, data).await
+    }
+
     /// The next event: messages, presence, state changes, recoveries, rejoins, errors
     /// no request is waiting for. `None` once the client is closed and drained.
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
@@ -292,6 +300,27 @@ impl Handle {
         self.ask(|r| Cmd::Publish(target, event, data, echo, r))
             .await
     }
+
+    /// Calls `method` on the server's application; resolves with the answer's raw JSON.
+    pub async fn rpc(&self, method: &str, data: Option<&str>) -> Result<String, RequestError> {
+        let method = method.to_owned();
+        let data = data.map(str::to_owned);
+        let ack = self.ask(|r| Cmd::Rpc(method, data, r)).await?;
+        Ok(ack_data(&ack))
+    }
+}
+
+/// The raw JSON of an ack's `data` (`null` when absent).
+fn ack_data(ack: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Ack<'a> {
+        #[serde(borrow, default)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_str::<Ack<'_>>(ack)
+        .ok()
+        .and_then(|a| a.data.map(|d| d.get().to_owned()))
+        .unwrap_or_else(|| "null".to_owned())
 }
 
 /// The next text from the current socket, or never if there is none.
@@ -412,6 +441,7 @@ async fn drive(
                     Cmd::Publish(target, event, data, echo, r) => {
                         (machine.publish(target, &event, data.as_deref(), echo), r)
                     }
+                    Cmd::Rpc(method, data, r) => (machine.rpc(&method, data.as_deref()), r),
                     Cmd::Close(done) => {
                         machine.close();
                         closing = Some(done);

@@ -522,12 +522,12 @@ async fn slow_consumer_is_closed_alone() {
         .expect("reader done")
         .unwrap();
     assert_eq!(got, sent);
-    // The stalled peer finally reads: data, then a 1008 close or (if it could not be
+    // The stalled peer finally reads: data, then a 1013 close or (if it could not be
     // delivered within the close bound) the end of the stream.
     loop {
         match stalled.read_frame().await {
             Some((CLOSE, p)) => {
-                assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1008);
+                assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1013);
                 break;
             }
             Some(_) => continue,

@@ -102,6 +102,8 @@ pub struct HubConfig {
     pub history: HistoryConfig,
     /// Emit [`super::Output::Forward`] for local publishes so a backplane can carry them.
     pub backplane: bool,
+    /// What the application decides (hooks and rpc); none by default.
+    pub hooks: super::HookConfig,
     /// How long a closing connection's slot is kept waiting for the adapter's report.
     pub close_grace_ms: u64,
     /// Hold room messages until [`super::Hub::flush`] (or the next input that needs them
@@ -143,6 +145,7 @@ impl Default for HubConfig {
             heartbeat: HeartbeatConfig::default(),
             history: HistoryConfig::default(),
             backplane: false,
+            hooks: super::HookConfig::default(),
             close_grace_ms: 5_000,
             coalesce_room_messages: false,
             auth: None,

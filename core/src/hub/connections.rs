@@ -29,7 +29,9 @@ pub(crate) struct Closing {
 impl Closing {
     pub(crate) fn slow_consumer() -> Closing {
         Closing {
-            code: code::POLICY,
+            // Not 1008: a phone that fell behind must come back and recover, and the
+            // clients treat 1008 as final.
+            code: code::TRY_AGAIN_LATER,
             text: Cow::Borrowed("slow consumer"),
             reason: DisconnectReason::SlowConsumer,
         }
@@ -220,6 +222,7 @@ impl Hub {
     fn detach(&mut self, s: usize, reason: DisconnectReason, now: Timestamp) {
         let id = self.conns[s].id;
         let was_pending = self.conns[s].awaiting_auth();
+        self.drop_parked(s);
         for rk in self.conns[s].rooms.clone() {
             self.remove_member(s, rk, now);
         }
@@ -241,6 +244,7 @@ impl Hub {
         }
         self.fanout.event(Event::Disconnected {
             conn: id,
+            wire_id: self.conns[s].wire.clone(),
             user,
             reason,
         });
@@ -260,10 +264,10 @@ impl Hub {
                     let ping = c.last_seen.max(c.last_ping).saturating_add(hb.interval());
                     dead.min(ping)
                 });
-                match (heartbeat, self.auth_deadline(s)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                [heartbeat, self.auth_deadline(s), self.decision_deadline(s)]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
         }
     }
@@ -302,6 +306,13 @@ impl Hub {
                 }
             }
             ConnState::Open if self.auth_timer(s, now) => return,
+            ConnState::Open if self.decision_deadline(s).is_some_and(|d| now >= d) => {
+                self.decision_timer(s, now);
+                self.reap(now);
+                if self.conns.open_slot(id).is_err() {
+                    return;
+                }
+            }
             ConnState::Open if self.config.heartbeat.server_pings => {
                 let hb = &self.config.heartbeat;
                 let c = &self.conns[s];

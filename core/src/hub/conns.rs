@@ -14,6 +14,7 @@ use std::sync::Arc;
 use slab::Slab;
 
 use super::auth::ConnAuth;
+use super::decisions::Parked;
 use super::types::{ConnId, ConnState, HubError};
 use crate::protocol;
 use crate::ratelimit::TokenBucket;
@@ -51,6 +52,8 @@ pub(crate) struct Conn {
     pub(crate) stamp: u64,
     /// Token state when the hub checks tokens (boxed: open servers pay one pointer).
     pub(crate) auth: Option<Box<ConnAuth>>,
+    /// A request waiting for the application, and those queued behind it.
+    pub(crate) parked: Option<Box<Parked>>,
 }
 
 impl Conn {
@@ -87,6 +90,7 @@ impl Conn {
             bucket,
             stamp: 0,
             auth: None,
+            parked: None,
         }
     }
 

@@ -5,6 +5,7 @@
 use serde_json::value::RawValue;
 
 use super::connections::Closing;
+use super::decisions::{Decided, Question};
 use super::history::History;
 use super::members::Asker;
 use super::messages::{self, JoinAck};
@@ -20,6 +21,13 @@ use crate::time::Timestamp;
 struct Position<'a> {
     since: Option<u64>,
     epoch: Option<&'a str>,
+}
+
+/// A publish's checked destination.
+enum To {
+    Room(usize),
+    Channel(usize),
+    User(String),
 }
 
 impl Hub {
@@ -58,24 +66,42 @@ impl Hub {
             self.send(id, &messages::heartbeat_pong());
             return Ok(());
         }
+        if verdict == Verdict::Refuse {
+            let parsed = protocol::parse_request(text);
+            let rej = match parsed.request {
+                Err(rej) => rej,
+                Ok(_) => {
+                    self.fanout.stats.rate_limited += 1;
+                    Rejection::new(ErrorCode::RateLimited, "too many requests: slow down")
+                }
+            };
+            self.refuse(id, parsed.id.as_ref(), &rej);
+        } else if !self.queue_behind_parked(s, text) {
+            self.handle_request(s, text, None, now);
+        }
+        self.reap(now);
+        Ok(())
+    }
+
+    /// Runs one request of slot `s` (now, or after the application allowed it: then
+    /// `decided` carries what the answer added and no hook is asked again).
+    pub(crate) fn handle_request(
+        &mut self,
+        s: usize,
+        text: &str,
+        decided: Option<Decided>,
+        now: Timestamp,
+    ) {
+        let id = self.conns[s].id;
         let parsed = protocol::parse_request(text);
         let id_ref = parsed.id.as_ref();
         let result = match parsed.request {
             Err(rej) => Err(rej),
-            Ok(_) if verdict == Verdict::Refuse => {
-                self.fanout.stats.rate_limited += 1;
-                Err(Rejection::new(
-                    ErrorCode::RateLimited,
-                    "too many requests: slow down",
-                ))
-            }
-            Ok(req) => self.dispatch(s, id_ref, req, now),
+            Ok(req) => self.dispatch(s, id_ref, req, text, decided, now),
         };
         if let Err(rej) = result {
             self.refuse(id, id_ref, &rej);
         }
-        self.reap(now);
-        Ok(())
     }
 
     /// Handles a binary message: not part of protocol v1, so it is answered `unsupported`.
@@ -127,7 +153,7 @@ impl Hub {
     }
 
     /// Answers a refused request with an `error` (and tells the application).
-    fn refuse(&mut self, id: ConnId, req_id: Option<&RequestId>, rej: &Rejection) {
+    pub(crate) fn refuse(&mut self, id: ConnId, req_id: Option<&RequestId>, rej: &Rejection) {
         self.send(id, &messages::error(req_id, rej));
         self.fanout.event(Event::Refused {
             conn: id,
@@ -140,9 +166,15 @@ impl Hub {
         s: usize,
         id: Option<&RequestId>,
         req: Request<'_>,
+        text: &str,
+        decided: Option<Decided>,
         now: Timestamp,
     ) -> Result<(), Rejection> {
         let conn = self.conns[s].id;
+        let hooks = &self.config.hooks;
+        let ask = |on: bool| on && decided.is_none();
+        let (ask_join, ask_subscribe, ask_publish) =
+            (ask(hooks.join), ask(hooks.subscribe), ask(hooks.publish));
         match req {
             Request::Ping => {
                 self.send(conn, &messages::pong(id));
@@ -162,6 +194,15 @@ impl Hub {
                 let grant = token
                     .map(|t| self.room_token(s, &room, &t, now))
                     .transpose()?;
+                self.check_join(s, &room, &pos, presence, grant.as_ref())?;
+                if ask_join {
+                    let question = Question::Join {
+                        room: room.into_owned(),
+                        presence,
+                    };
+                    self.park(s, text, question, now);
+                    return Ok(());
+                }
                 self.client_join(s, id, &room, pos, presence, grant, now)
             }
             Request::Auth { token } => self.handle_auth(s, id, &token, now),
@@ -182,6 +223,13 @@ impl Hub {
                 if !self.allowed(s, Scope::Channels, &channel, Op::Subscribe, None) {
                     return Err(forbidden("subscribe to this channel"));
                 }
+                if ask_subscribe {
+                    let question = Question::Subscribe {
+                        channel: channel.into_owned(),
+                    };
+                    self.park(s, text, question, now);
+                    return Ok(());
+                }
                 self.subscribe_slot(s, &channel)
                     .map_err(|r| r.rejection())?;
                 self.send(conn, &messages::ack_with(id, "channel", &channel));
@@ -201,33 +249,56 @@ impl Hub {
                 event,
                 data,
                 echo,
-            } => self.client_publish(s, id, &target, &event, data, echo, now),
+            } => {
+                let to = self.check_publish(s, &target)?;
+                if ask_publish {
+                    let (target_kind, name) = match &target {
+                        Target::Room(n) => ("room", n),
+                        Target::Channel(n) => ("channel", n),
+                        Target::User(n) => ("user", n),
+                    };
+                    let question = Question::Publish {
+                        target_kind,
+                        target: name.to_string(),
+                        event: event.into_owned(),
+                        data: data.map(ToOwned::to_owned),
+                    };
+                    self.park(s, text, question, now);
+                    return Ok(());
+                }
+                let data = match decided.as_ref().and_then(|d| d.data.as_deref()) {
+                    Some(replaced) => Some(replaced),
+                    None => data,
+                };
+                self.client_publish(s, id, to, &event, data, echo, now);
+                Ok(())
+            }
+            Request::Rpc { method, data } => {
+                if !self.config.hooks.rpc {
+                    return Err(Rejection::new(
+                        ErrorCode::Unsupported,
+                        "this server answers no rpc",
+                    ));
+                }
+                match decided {
+                    Some(d) => self.rpc_reply(s, id, d.data.as_deref()),
+                    None => {
+                        let question = Question::Rpc {
+                            method: method.into_owned(),
+                            data: data.map(ToOwned::to_owned),
+                        };
+                        self.park(s, text, question, now);
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn client_publish(
-        &mut self,
-        s: usize,
-        id: Option<&RequestId>,
-        target: &Target<'_>,
-        event: &str,
-        data: Option<&RawValue>,
-        echo: bool,
-        now: Timestamp,
-    ) -> Result<(), Rejection> {
-        let conn = self.conns[s].id;
-        let origin = Origin::Conn(conn);
-        let from = self.conns[s].peer_json.clone();
-        let exclude = if echo { None } else { Some(conn) };
-        let p = Publish {
-            origin: &origin,
-            from: Some(&from),
-            event,
-            data,
-            exclude: exclude.as_slice(),
-        };
-        let delivery = match target {
+    /// Where slot `s` may publish `target` (membership first, then rights): checked
+    /// before the application is asked, and again when it answers.
+    fn check_publish(&self, s: usize, target: &Target<'_>) -> Result<To, Rejection> {
+        match target {
             Target::Room(room) => {
                 let rk = self
                     .index
@@ -243,7 +314,7 @@ impl Hub {
                 if !self.allowed(s, Scope::Rooms, room, Op::Publish, None) {
                     return Err(forbidden("publish to this room"));
                 }
-                self.publish_room(rk, &p, now)
+                Ok(To::Room(rk))
             }
             Target::Channel(channel) => {
                 let ck = self
@@ -260,17 +331,73 @@ impl Hub {
                 if !self.allowed(s, Scope::Channels, channel, Op::Publish, None) {
                     return Err(forbidden("publish to this channel"));
                 }
-                self.publish_channel(ck, &p)
+                Ok(To::Channel(ck))
             }
             Target::User(user) => {
                 if !self.allowed(s, Scope::Users, user, Op::Publish, None) {
                     return Err(forbidden("message this user"));
                 }
-                self.publish_user(user, &p)
+                Ok(To::User(user.to_string()))
             }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn client_publish(
+        &mut self,
+        s: usize,
+        id: Option<&RequestId>,
+        to: To,
+        event: &str,
+        data: Option<&RawValue>,
+        echo: bool,
+        now: Timestamp,
+    ) {
+        let conn = self.conns[s].id;
+        let origin = Origin::Conn(conn);
+        let from = self.conns[s].peer_json.clone();
+        let exclude = if echo { None } else { Some(conn) };
+        let p = Publish {
+            origin: &origin,
+            from: Some(&from),
+            event,
+            data,
+            exclude: exclude.as_slice(),
+        };
+        let delivery = match to {
+            To::Room(rk) => self.publish_room(rk, &p, now),
+            To::Channel(ck) => self.publish_channel(ck, &p),
+            To::User(user) => self.publish_user(&user, &p),
         };
         let ack = messages::publish_ack(id, delivery.delivered, delivery.seq);
         self.send(conn, &ack);
+    }
+
+    /// The rights a join needs (caps or the room token presented), checked before the
+    /// application is asked, and again when it answers.
+    fn check_join(
+        &self,
+        s: usize,
+        room: &str,
+        pos: &Position<'_>,
+        presence: bool,
+        grant: Option<&RoomGrant>,
+    ) -> Result<(), Rejection> {
+        let needs = [
+            (true, Op::Join, "join this room"),
+            (presence, Op::Presence, "watch this room's presence"),
+            // An `epoch` alone replays too (a stale one replays from the start).
+            (
+                pos.since.is_some() || pos.epoch.is_some(),
+                Op::History,
+                "recover this room's history",
+            ),
+        ];
+        for (asked, op, what) in needs {
+            if asked && !self.allowed(s, Scope::Rooms, room, op, grant) {
+                return Err(forbidden(what));
+            }
+        }
         Ok(())
     }
 
@@ -286,21 +413,6 @@ impl Hub {
         now: Timestamp,
     ) -> Result<(), Rejection> {
         let conn = self.conns[s].id;
-        let needs = [
-            (true, Op::Join, "join this room"),
-            (presence, Op::Presence, "watch this room's presence"),
-            // An `epoch` alone replays too (a stale one replays from the start).
-            (
-                pos.since.is_some() || pos.epoch.is_some(),
-                Op::History,
-                "recover this room's history",
-            ),
-        ];
-        for (asked, op, what) in needs {
-            if asked && !self.allowed(s, Scope::Rooms, room, op, grant.as_ref()) {
-                return Err(forbidden(what));
-            }
-        }
         let (rk, already) = self
             .join_slot(s, room, presence, Asker::Client)
             .map_err(|r| r.rejection())?;

@@ -171,6 +171,13 @@ pub enum Input<'a> {
     },
     /// Close every connection with 1001.
     Shutdown,
+    /// The application's answer to an [`Output::Decide`](super::Output::Decide).
+    Decided {
+        /// The decision's ticket.
+        ticket: super::Ticket,
+        /// What it decided.
+        answer: super::Answer,
+    },
 }
 
 /// Who a server send reaches.

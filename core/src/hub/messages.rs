@@ -242,3 +242,13 @@ pub(crate) fn truncate_reason(reason: &str) -> &str {
     }
     &reason[..end]
 }
+
+/// The `ack` of an `rpc`: `{"type":"ack","id":…,"data":…}` (`null` without data).
+pub(crate) fn rpc_ack(id: Option<&RequestId>, data: Option<&RawValue>) -> Outgoing {
+    Outgoing::build(|b| {
+        protocol::write_head(b, "ack", id);
+        b.extend_from_slice(b",\"data\":");
+        b.extend_from_slice(data.map_or("null", RawValue::get).as_bytes());
+        b.push(b'}');
+    })
+}

@@ -27,6 +27,7 @@ mod auth;
 mod config;
 mod connections;
 mod conns;
+mod decisions;
 mod dispatch;
 mod fanout;
 mod history;
@@ -42,6 +43,7 @@ mod timers;
 mod types;
 
 pub use config::{HeartbeatConfig, HistoryConfig, HubConfig};
+pub use decisions::{Answer, Decision, HookConfig, Question, Ticket};
 pub use input::{Handled, Input, Recipient};
 pub use snapshot::{
     AuthSnapshot, ChannelSnapshot, ConnSnapshot, HistorySnapshot, RoomGrantSnapshot,
@@ -75,6 +77,10 @@ pub struct Hub {
     history: History,
     timers: TimerTable,
     fanout: FanOut,
+    /// The last ticket handed out ([`Output::Decide`]).
+    next_ticket: u64,
+    /// Parked requests by ticket: whose answer it is.
+    tickets: std::collections::BTreeMap<u64, ConnId>,
 }
 
 impl Hub {
@@ -94,6 +100,8 @@ impl Hub {
             history: History::new(config.history.clone()),
             timers: TimerTable::new(),
             fanout: FanOut::new(config.max_buffered_bytes),
+            next_ticket: 0,
+            tickets: std::collections::BTreeMap::new(),
             config,
         }
     }
@@ -168,6 +176,7 @@ impl Hub {
                 self.set_metadata(conn, key, value)?
             }
             Input::Shutdown => self.shutdown(now),
+            Input::Decided { ticket, answer } => self.handle_decision(now, ticket, answer)?,
         }
         Ok(Done)
     }

@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 
 use super::input::Recipient;
 use super::members::Asker;
+use super::messages;
 use super::publish::Publish;
 use super::types::{ConnId, Delivery, HubError, Origin, RoomOptions};
 use super::Hub;
@@ -58,8 +59,11 @@ impl Hub {
         self.settle_room(rk);
         self.index.rooms[rk].persistent = true; // keep the slot stable while members leave
         let members: Vec<usize> = self.index.rooms[rk].members.iter().copied().collect();
+        let left = messages::left(name, "room_removed");
         for m in members {
             self.remove_member(m, rk, now);
+            let id = self.conns[m].id;
+            self.send(id, &left);
         }
         let links: Vec<usize> = self.index.rooms[rk].channels.iter().copied().collect();
         for ck in links {
@@ -131,9 +135,10 @@ impl Hub {
     // -----------------------------------------------------------------------------------
     // Membership from the server side
 
-    /// Puts a connection in a room from the server side (no ack is sent; watchers see a
-    /// presence `joined`), under the same rules as a client's join except that the
-    /// server may create rooms.
+    /// Puts a connection in a room from the server side, under the same rules as a
+    /// client's join except that the server may create rooms. The connection is told
+    /// (`joined`, with the room's epoch and seq, so its client tracks the room like its
+    /// own join); watchers see a presence `joined`. Already a member: nothing changes.
     pub fn join(
         &mut self,
         now: Timestamp,
@@ -141,14 +146,44 @@ impl Hub {
         room: &str,
         presence: bool,
     ) -> Result<(), HubError> {
+        self.server_join(now, id, room, presence, true)
+    }
+
+    /// As [`Hub::join`], without telling the connection: for sockets that speak another
+    /// protocol than roomcast's JSON (the benchmark's raw room), where a `joined` message
+    /// would be noise in their stream.
+    pub fn join_untold(
+        &mut self,
+        now: Timestamp,
+        id: ConnId,
+        room: &str,
+        presence: bool,
+    ) -> Result<(), HubError> {
+        self.server_join(now, id, room, presence, false)
+    }
+
+    fn server_join(
+        &mut self,
+        now: Timestamp,
+        id: ConnId,
+        room: &str,
+        presence: bool,
+        tell: bool,
+    ) -> Result<(), HubError> {
         self.clock.advance(now);
         let s = self.conns.open_slot(id)?;
         check_name(room)?;
-        self.join_slot(s, room, presence, Asker::Server)?;
+        let (rk, already) = self.join_slot(s, room, presence, Asker::Server)?;
+        if !already && tell {
+            let r = &self.index.rooms[rk];
+            let msg = messages::joined(&r.name, r.members.len(), &r.epoch, r.seq);
+            self.send(id, &msg);
+        }
         Ok(())
     }
 
-    /// Takes a connection out of a room from the server side.
+    /// Takes a connection out of a room from the server side; it is told (`left`,
+    /// reason `server`), so its client stops rejoining the room.
     pub fn leave(&mut self, now: Timestamp, id: ConnId, room: &str) -> Result<(), HubError> {
         let now = self.clock.advance(now);
         let s = self.conns.open_slot(id)?;
@@ -157,15 +192,19 @@ impl Hub {
             return Err(HubError::NotMember);
         }
         self.remove_member(s, rk, now);
+        self.send(id, &messages::left(room, "server"));
         Ok(())
     }
 
-    /// Takes a connection out of every room, in O(its rooms).
+    /// Takes a connection out of every room, in O(its rooms); each is told as by
+    /// [`Hub::leave`].
     pub fn leave_all(&mut self, now: Timestamp, id: ConnId) -> Result<(), HubError> {
         let now = self.clock.advance(now);
         let s = self.conns.open_slot(id)?;
         for rk in self.conns[s].rooms.clone() {
+            let left = messages::left(&self.index.rooms[rk].name, "server");
             self.remove_member(s, rk, now);
+            self.send(id, &left);
         }
         Ok(())
     }
@@ -402,5 +441,49 @@ impl Hub {
     /// Connections of a user.
     pub fn user_connections(&self, user: &str) -> &[ConnId] {
         self.index.users.get(user).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The open connection clients know as `wire_id` (`conn` in `welcome`, `from` and
+    /// presence). A scan: for the HTTP API and admin tools, not per message.
+    pub fn find_connection(&self, wire_id: &str) -> Option<ConnId> {
+        self.conns
+            .open_ids()
+            .find(|&id| self.conns.get(id).is_some_and(|c| &*c.wire == wire_id))
+    }
+
+    /// A room's members as others see them: `{"conn","user","info"}` JSON objects.
+    pub fn room_peers(&self, room: &str) -> Vec<&str> {
+        self.index
+            .rooms
+            .by_name(room)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .map(|&m| std::str::from_utf8(&self.conns[m].peer_json).expect("JSON is UTF-8"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The kept messages of a room with a seq above `since`, as delivered (JSON texts),
+    /// with the room's epoch and latest seq; `None` for an unknown room.
+    pub fn room_history(
+        &mut self,
+        now: Timestamp,
+        room: &str,
+        since: u64,
+    ) -> Option<(String, u64, Vec<String>)> {
+        let now = self.clock.advance(now);
+        let rk = self.index.rooms.key(room)?;
+        self.settle_room(rk);
+        let r = &mut self.index.rooms[rk];
+        self.history.trim(&mut r.log, now);
+        let msgs = r
+            .log
+            .iter()
+            .filter(|e| e.seq > since)
+            .map(|e| e.msg.text().to_owned())
+            .collect();
+        Some((r.epoch.to_string(), r.seq, msgs))
     }
 }

@@ -147,6 +147,8 @@ pub enum Event {
     Disconnected {
         /// The connection.
         conn: ConnId,
+        /// Its id as clients saw it (`conn` in `welcome`, `from` and hook calls).
+        wire_id: Box<str>,
         /// Its user, if any.
         user: Option<Arc<str>>,
         /// Why.
@@ -290,6 +292,9 @@ pub enum Output {
     Event(Event),
     /// Carry this publish to the other nodes (only with `HubConfig::backplane`).
     Forward(Box<Forward>),
+    /// Ask the application (only with [`super::HookConfig`] hooks on); answer with
+    /// [`super::Hub::handle_decision`], by the deadline or the request is refused.
+    Decide(Box<super::Decision>),
 }
 
 /// Why a connection was not admitted.
@@ -391,6 +396,12 @@ pub struct Stats {
     pub history_evicted: u64,
     /// Bytes of history held across all rooms.
     pub history_bytes: usize,
+    /// Requests parked for the application ([`Output::Decide`]).
+    pub decisions_asked: u64,
+    /// Of those, refused `unavailable` because no answer came in time.
+    pub decisions_timed_out: u64,
+    /// Answers that came after their request was settled (timed out or closed).
+    pub decisions_late: u64,
 }
 
 /// Read-only view of a connection for the application.

@@ -297,7 +297,7 @@ impl Sim {
                     let peer = &mut self.peers[p];
                     assert!(!peer.closed);
                     match (code, reason.as_ref()) {
-                        (1008, "slow consumer") => {
+                        (1013, "slow consumer") => {
                             // A rejoin's replay is queued at once: past the (tiny) budget
                             // it closes even a fast reader.
                             assert!(
@@ -332,6 +332,7 @@ impl Sim {
                     assert!(self.by_id.contains_key(&conn));
                 }
                 Output::Event(_) | Output::Forward(_) => {}
+                Output::Decide(d) => panic!("this simulation turns no hook on: {d:?}"),
             }
         }
         self.hub.check_invariants();

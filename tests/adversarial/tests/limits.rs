@@ -456,7 +456,7 @@ async fn unsent_output_budget_from_flag() {
     let end = stalled.ending(Duration::from_secs(20)).await;
     assert_eq!(
         end,
-        raw::Ending::Close(Some((1008, "slow consumer".to_owned()))),
+        raw::Ending::Close(Some((1013, "slow consumer".to_owned()))),
         "after {sent} messages"
     );
     // (How many it takes is mostly the kernel's socket buffers, which autotune to

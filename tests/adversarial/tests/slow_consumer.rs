@@ -1,4 +1,4 @@
-//! Slow consumers: members of a busy room that stop reading. Each is closed with 1008
+//! Slow consumers: members of a busy room that stop reading. Each is closed with 1013
 //! "slow consumer" once its unsent output passes the server's budget (1 MiB), nobody
 //! else waits for it, and the server's memory stays bounded.
 
@@ -31,7 +31,7 @@ struct Seen {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_members_are_closed_1008_and_nobody_waits() {
+async fn stalled_members_are_closed_1013_and_nobody_waits() {
     let server = Server::start(&[]);
     let base_rss = server.rss_kib();
     let sampler = RssSampler::start(server.pid(), Duration::from_millis(20));
@@ -152,7 +152,7 @@ async fn stalled_members_are_closed_1008_and_nobody_waits() {
         let (end, gone) = e.await.unwrap();
         match &end {
             Ending::Close(Some((code, reason))) => {
-                assert_eq!((*code, reason.as_str()), (1008, "slow consumer"));
+                assert_eq!((*code, reason.as_str()), (1013, "slow consumer"));
                 with_frame += 1;
             }
             // The close frame could not get out in time: the TCP connection was dropped.
@@ -182,7 +182,7 @@ async fn stalled_members_are_closed_1008_and_nobody_waits() {
     let peak = sampler.finish();
     let grown = peak.saturating_sub(base_rss);
     println!(
-        "slow consumers: {closes} of {STALLED} stalled members closed 1008 within \
+        "slow consumers: {closes} of {STALLED} stalled members closed 1013 within \
          {closed_after:?} ({with_frame} got the close frame, the rest were dropped after the \
          close bound); {HEALTHY} healthy members got all {total} messages in order; \
          longest gap between deliveries {max_gap:?}; slowest publish ack {worst_ack:?}; \
@@ -194,7 +194,7 @@ async fn stalled_members_are_closed_1008_and_nobody_waits() {
     // stalled ones were still connected, and the publishers' acks within their bound.
     assert!(
         with_frame >= 1,
-        "no stalled member got its 1008 close frame"
+        "no stalled member got its 1013 close frame"
     );
     // The bound: each stalled member may hold its budget of unsent output (messages are
     // shared, so usually far less), plus 16 MiB for everything else.

@@ -14,6 +14,7 @@ use clap::Parser;
 use roomcast_tokio::core::auth::{AuthSettings, AuthSettingsError, DemoTokens, Verifier};
 use roomcast_tokio::core::values;
 use roomcast_tokio::{heartbeat_for, Config, Server};
+use roomcast_tokio::{ApiKey, ProxyHook, ProxyHooks};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -190,6 +191,54 @@ struct Args {
         value_parser = parse_positive_duration
     )]
     demo_token_ttl: Duration,
+
+    /// Serve the server HTTP API under /api/ (publish, rooms, members, channel links,
+    /// history, disconnects, stats) to callers sending `Authorization: Bearer KEY`.
+    /// Off without a key. Prefer the environment variable.
+    #[arg(
+        long,
+        env = "ROOMCAST_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+
+    /// Let an HTTP backend decide: roomcast POSTs JSON to URL/join, URL/subscribe,
+    /// URL/publish, URL/rpc and URL/disconnect (those in --proxy-hooks); the backend
+    /// answers 200 with {} (allow), {"error":{"code","message"}} (refuse) and optionally
+    /// "data" (a publish's replaced data, an rpc's answer). http:// only.
+    #[arg(long, env = "ROOMCAST_PROXY_URL", value_name = "URL")]
+    proxy_url: Option<String>,
+
+    /// Which hooks go to --proxy-url (comma-separated).
+    #[arg(
+        long,
+        env = "ROOMCAST_PROXY_HOOKS",
+        value_name = "HOOKS",
+        value_delimiter = ',',
+        default_value = "join,subscribe,publish,rpc,disconnect"
+    )]
+    proxy_hooks: Vec<String>,
+
+    /// How long the backend may take before the request is refused `unavailable`.
+    #[arg(
+        long,
+        env = "ROOMCAST_PROXY_TIMEOUT",
+        value_name = "DUR",
+        default_value = "1s",
+        value_parser = parse_positive_duration
+    )]
+    proxy_timeout: Duration,
+
+    /// Calls to the backend at once; past it requests are refused `unavailable` (a slow
+    /// backend cannot pile up work here).
+    #[arg(
+        long,
+        env = "ROOMCAST_PROXY_MAX_IN_FLIGHT",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    proxy_max_in_flight: usize,
 
     /// Most channels one connection may subscribe to at once; subscribes past it get
     /// `too_many_subscriptions`.
@@ -384,6 +433,30 @@ impl Args {
             );
         }
         hub.max_subscriptions_per_conn = self.max_subscriptions_per_connection;
+        if let Some(key) = self
+            .api_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            if key.len() < 16 {
+                return Err("--api-key: use at least 16 characters".into());
+            }
+            config.api_key = Some(ApiKey(key.to_owned()));
+        }
+        if let Some(url) = &self.proxy_url {
+            let hooks = self
+                .proxy_hooks
+                .iter()
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| ProxyHook::parse(h))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("--proxy-hooks: {e}"))?;
+            let proxy = ProxyHooks::new(url, hooks, self.proxy_timeout, self.proxy_max_in_flight)
+                .map_err(|e| format!("--proxy-url: {e}"))?;
+            config = config.with_hooks(proxy);
+        }
+        let hub = &mut config.hub;
         hub.rate_limit.burst = self.rate_limit_burst;
         hub.rate_limit.per_second = self.rate_limit_per_second;
         hub.rate_limit.grace_ms =

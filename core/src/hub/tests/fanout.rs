@@ -42,7 +42,7 @@ fn slow_consumer_alone_is_closed() {
         }
         let _ = i;
     }
-    assert_eq!(t.closes, vec![(slow, 1008, "slow consumer".to_string())]);
+    assert_eq!(t.closes, vec![(slow, 1013, "slow consumer".to_string())]);
     // Closed on the first message after its backlog passed the budget: it holds at
     // most the budget plus one message (each about 300 bytes here).
     assert!(
@@ -116,7 +116,7 @@ fn a_channel_send_survives_closing_its_only_subscriber_as_slow() {
     assert_eq!(delivery.delivered, 1);
     let mut closed = false;
     while let Some(o) = t.hub.poll_output() {
-        closed |= matches!(o, Output::Close { conn, code: 1008, .. } if conn == s);
+        closed |= matches!(o, Output::Close { conn, code: 1013, .. } if conn == s);
     }
     assert!(closed, "the slow member is closed");
     assert_eq!(t.hub.stats().channels, 0, "its channel went with it");
@@ -148,7 +148,7 @@ fn flush_closes_members_found_slow_by_a_membership_change() {
     t.hub.flush();
     let mut closed = false;
     while let Some(o) = t.hub.poll_output() {
-        closed |= matches!(o, Output::Close { conn, code: 1008, .. } if conn == s);
+        closed |= matches!(o, Output::Close { conn, code: 1013, .. } if conn == s);
     }
     assert!(
         closed,

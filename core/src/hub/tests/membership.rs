@@ -307,6 +307,12 @@ fn server_side_joins_and_subscribes_follow_the_client_limits() {
     assert_eq!(t.hub.join(now, a, "r2", false), Err(HubError::TooManyRooms));
     t.drain();
     assert!(!t.hub.is_member(a, "r2"));
+    let told: Vec<Value> = t.take(a);
+    assert_eq!(told.len(), 1, "told of r1 only: {told:?}");
+    assert_eq!(
+        (told[0]["type"].clone(), told[0]["room"].clone()),
+        (json!("joined"), json!("r1"))
+    );
     // The client sees the same rule with its own codes.
     let e = t.ask(a, json!({"type":"subscribe","channel":"c3"}));
     assert_eq!(code(&e), "too_many_subscriptions");

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 mod auth;
 mod connections;
+mod decisions;
 mod dispatch;
 mod fanout;
 mod history;
@@ -23,6 +24,7 @@ struct T {
     events: Vec<Event>,
     forwards: Vec<Forward>,
     raw: HashMap<ConnId, Vec<String>>,
+    decisions: Vec<Decision>,
 }
 
 impl T {
@@ -40,6 +42,7 @@ impl T {
             events: Vec::new(),
             forwards: Vec::new(),
             raw: HashMap::default(),
+            decisions: Vec::new(),
         }
     }
 
@@ -69,6 +72,7 @@ impl T {
                 Output::Ping { conn } => self.pings.push(conn),
                 Output::Event(e) => self.events.push(e),
                 Output::Forward(f) => self.forwards.push(*f),
+                Output::Decide(d) => self.decisions.push(*d),
             }
         }
     }

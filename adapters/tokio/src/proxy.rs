@@ -1,0 +1,324 @@
+//! [`ProxyHooks`]: the application's hooks answered by an HTTP backend in any language
+//! (`--proxy-url`). For each hooked request roomcast POSTs JSON to `URL/join`,
+//! `URL/subscribe`, `URL/publish`, `URL/rpc` (and, after the fact, `URL/disconnect`)
+//! with `conn`, `user`, `info` and the request's fields; the backend answers 200 with
+//! `{}` (allow), `{"error":{"code":C,"message":M}}` (refuse with that code), and
+//! optionally `"data"` (publish: the replaced data; rpc: the answer).
+//!
+//! A backend that is down, slow, answers anything but 200 with a JSON object, or has
+//! more requests in flight than `max_in_flight` gets the request refused
+//! `unavailable`; nothing waits on it past the timeout, and no connection hangs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use roomcast_core::hub::{Answer, DisconnectReason, HookConfig};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::hooks::{Caller, HookFuture, Hooks, PublishRequest};
+
+/// Largest answer read from the backend.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// Which hooks go to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProxyHook {
+    /// `URL/join`.
+    Join,
+    /// `URL/subscribe`.
+    Subscribe,
+    /// `URL/publish`.
+    Publish,
+    /// `URL/rpc`.
+    Rpc,
+    /// `URL/disconnect` (after the fact, best effort).
+    Disconnect,
+}
+
+impl ProxyHook {
+    /// Every hook, the default of `--proxy-hooks`.
+    pub const ALL: [ProxyHook; 5] = [
+        ProxyHook::Join,
+        ProxyHook::Subscribe,
+        ProxyHook::Publish,
+        ProxyHook::Rpc,
+        ProxyHook::Disconnect,
+    ];
+
+    /// The path segment and flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyHook::Join => "join",
+            ProxyHook::Subscribe => "subscribe",
+            ProxyHook::Publish => "publish",
+            ProxyHook::Rpc => "rpc",
+            ProxyHook::Disconnect => "disconnect",
+        }
+    }
+
+    /// Reads a flag value.
+    pub fn parse(s: &str) -> Result<ProxyHook, ProxyError> {
+        ProxyHook::ALL
+            .into_iter()
+            .find(|h| h.name() == s.trim())
+            .ok_or_else(|| ProxyError::UnknownHook(s.to_owned()))
+    }
+}
+
+/// A proxy configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// Not an `http://` URL (TLS to the backend: put it behind a local proxy).
+    #[error("proxy URL {0:?}: give http://HOST[:PORT][/PATH]")]
+    BadUrl(String),
+    /// Not one of join, subscribe, publish, rpc, disconnect.
+    #[error("unknown hook {0:?}: one of join, subscribe, publish, rpc, disconnect")]
+    UnknownHook(String),
+}
+
+/// Hooks answered by an HTTP backend: see the module docs.
+pub struct ProxyHooks {
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// The base URL, without a trailing slash.
+    base: String,
+    hooks: BTreeSet<ProxyHook>,
+    timeout: Duration,
+    in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for ProxyHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyHooks")
+            .field("base", &self.base)
+            .field("hooks", &self.hooks)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyHooks {
+    /// Hooks for the backend at `url` (`http://` only), for `hooks`, each call bounded
+    /// by `timeout`, at most `max_in_flight` calls at once (past it: `unavailable`).
+    pub fn new(
+        url: &str,
+        hooks: impl IntoIterator<Item = ProxyHook>,
+        timeout: Duration,
+        max_in_flight: usize,
+    ) -> Result<ProxyHooks, ProxyError> {
+        let uri: http::Uri = url.parse().map_err(|_| ProxyError::BadUrl(url.into()))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ProxyError::BadUrl(url.into()));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(ProxyHooks {
+            client,
+            base: url.trim_end_matches('/').to_owned(),
+            hooks: hooks.into_iter().collect(),
+            timeout,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        })
+    }
+
+    /// POSTs `body` to `URL/hook` and reads the answer.
+    fn call(&self, hook: ProxyHook, body: Value) -> HookFuture<Answer> {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            warn!(
+                hook = hook.name(),
+                "proxy backend busy: refusing unavailable"
+            );
+            return Box::pin(async { Answer::Unavailable });
+        };
+        let url = format!("{}/{}", self.base, hook.name());
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let _permit = permit;
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(&url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.to_string())));
+            let Ok(req) = req else {
+                return Answer::Unavailable;
+            };
+            let answer = tokio::time::timeout(timeout, async {
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let body = Limited::new(resp.into_body(), MAX_ANSWER)
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                if status != StatusCode::OK {
+                    return Err(format!("answered {status}"));
+                }
+                read_answer(&body)
+            })
+            .await;
+            match answer {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    warn!(%url, "proxy backend failed: {e}");
+                    Answer::Unavailable
+                }
+                Err(_) => {
+                    debug!(%url, "proxy backend too slow");
+                    Answer::Unavailable
+                }
+            }
+        })
+    }
+
+    fn on(&self, hook: ProxyHook) -> bool {
+        self.hooks.contains(&hook)
+    }
+}
+
+/// The backend's 200 body as an answer: `{}`, `{"data":…}` or `{"error":{…}}`.
+fn read_answer(body: &[u8]) -> Result<Answer, String> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        error: Option<RawError>,
+        #[serde(default)]
+        data: Option<Box<RawValue>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawError {
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err("answer is not a JSON object".into());
+    }
+    let raw: Raw =
+        serde_json::from_slice(body).map_err(|e| format!("answer is not a JSON object: {e}"))?;
+    Ok(match (raw.error, raw.data) {
+        (Some(e), _) => Answer::Refuse {
+            code: e.code,
+            message: e.message,
+        },
+        (None, data) => Answer::Allow { data },
+    })
+}
+
+/// The fields every call carries: who is asking.
+fn caller_fields(c: &Caller) -> Value {
+    let info = c
+        .info
+        .as_deref()
+        .and_then(|i| serde_json::from_str::<Value>(i).ok())
+        .unwrap_or(Value::Null);
+    json!({"conn": c.wire_id, "user": c.user, "info": info})
+}
+
+fn raw_json(data: Option<&RawValue>) -> Value {
+    data.and_then(|d| serde_json::from_str(d.get()).ok())
+        .unwrap_or(Value::Null)
+}
+
+impl Hooks for ProxyHooks {
+    fn decides(&self) -> HookConfig {
+        HookConfig {
+            join: self.on(ProxyHook::Join),
+            subscribe: self.on(ProxyHook::Subscribe),
+            publish: self.on(ProxyHook::Publish),
+            rpc: self.on(ProxyHook::Rpc),
+            // the core's deadline is a little later than ours, so the backend's own
+            // timeout answers first and is logged
+            timeout_ms: u64::try_from(self.timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_add(100),
+            ..HookConfig::default()
+        }
+    }
+
+    fn join(&self, caller: Caller, room: String, presence: bool) -> HookFuture<Answer> {
+        let mut body = caller_fields(&caller);
+        body["room"] = room.into();
+        body["presence"] = presence.into();
+        self.call(ProxyHook::Join, body)
+    }
+
+    fn subscribe(&self, caller: Caller, channel: String) -> HookFuture<Answer> {
+        let mut body = caller_fields(&caller);
+        body["channel"] = channel.into();
+        self.call(ProxyHook::Subscribe, body)
+    }
+
+    fn publish(&self, caller: Caller, p: PublishRequest) -> HookFuture<Answer> {
+        let mut body = caller_fields(&caller);
+        body[p.target_kind] = p.target.into();
+        body["event"] = p.event.into();
+        body["data"] = raw_json(p.data.as_deref());
+        self.call(ProxyHook::Publish, body)
+    }
+
+    fn rpc(
+        &self,
+        caller: Caller,
+        method: String,
+        data: Option<Box<RawValue>>,
+    ) -> HookFuture<Answer> {
+        let mut body = caller_fields(&caller);
+        body["method"] = method.into();
+        body["data"] = raw_json(data.as_deref());
+        self.call(ProxyHook::Rpc, body)
+    }
+
+    fn disconnected(&self, caller: Caller, reason: DisconnectReason) {
+        if !self.on(ProxyHook::Disconnect) {
+            return;
+        }
+        let mut body = caller_fields(&caller);
+        body["reason"] = reason.as_str().into();
+        let call = self.call(ProxyHook::Disconnect, body);
+        tokio::spawn(async move {
+            let _ = call.await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_read_as_the_protocol_says() {
+        assert_eq!(read_answer(b"{}").unwrap(), Answer::allow());
+        assert_eq!(
+            read_answer(br#"{"data":{"text":"***"}}"#).unwrap(),
+            Answer::with_data(RawValue::from_string(r#"{"text":"***"}"#.into()).unwrap())
+        );
+        assert_eq!(
+            read_answer(br#"{"error":{"code":"banned","message":"no"}}"#).unwrap(),
+            Answer::refuse("banned", "no")
+        );
+        assert!(read_answer(b"[]").is_err());
+        assert!(read_answer(b"nope").is_err());
+    }
+
+    #[test]
+    fn urls_and_hook_names_are_checked() {
+        assert!(ProxyHooks::new("https://x", ProxyHook::ALL, Duration::from_secs(1), 8).is_err());
+        assert!(ProxyHooks::new("x", ProxyHook::ALL, Duration::from_secs(1), 8).is_err());
+        assert_eq!(ProxyHook::parse(" rpc"), Ok(ProxyHook::Rpc));
+        assert!(ProxyHook::parse("connect").is_err());
+    }
+}

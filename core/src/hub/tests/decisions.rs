@@ -1,0 +1,365 @@
+//! Decisions the application makes (hooks): parking, order behind a parked request,
+//! answers (allow, refuse, replaced data, rpc replies), deadlines, late and stray
+//! answers, and a connection closing while it waits. Virtual time.
+
+use serde_json::value::RawValue;
+
+use super::*;
+
+fn hooked(hooks: HookConfig) -> T {
+    T::with(HubConfig {
+        hooks,
+        heartbeat: HeartbeatConfig {
+            server_pings: false,
+            ..HeartbeatConfig::default()
+        },
+        ..HubConfig::default()
+    })
+}
+
+fn all_hooks() -> HookConfig {
+    HookConfig {
+        join: true,
+        subscribe: true,
+        publish: true,
+        rpc: true,
+        ..HookConfig::default()
+    }
+}
+
+fn raw(s: &str) -> Box<RawValue> {
+    RawValue::from_string(s.to_owned()).unwrap()
+}
+
+impl T {
+    /// The one decision asked since the last call.
+    fn decision(&mut self) -> Decision {
+        assert_eq!(self.decisions.len(), 1, "{:?}", self.decisions);
+        self.decisions.pop().unwrap()
+    }
+
+    fn answer(&mut self, ticket: Ticket, answer: Answer) {
+        self.hub
+            .handle_decision(Timestamp(self.now), ticket, answer)
+            .unwrap();
+        self.drain();
+        self.hub.check_invariants();
+    }
+}
+
+#[test]
+fn a_join_waits_for_the_application_then_acks() {
+    let mut t = hooked(all_hooks());
+    let a = t.connect(Some("ann"));
+    t.send(a, json!({"type":"join","room":"r","presence":true,"id":1}));
+    assert!(t.take(a).is_empty(), "nothing until the answer");
+    let d = t.decision();
+    assert_eq!(d.conn, a);
+    assert_eq!(d.user.as_deref(), Some("ann"));
+    assert_eq!(
+        d.question,
+        Question::Join {
+            room: "r".into(),
+            presence: true
+        }
+    );
+    assert!(!t.hub.is_member(a, "r"));
+    t.answer(d.ticket, Answer::allow());
+    let got = t.take(a);
+    assert_eq!(got[0]["type"], "ack");
+    assert_eq!(got[0]["id"], 1);
+    assert!(t.hub.is_member(a, "r"));
+    assert_eq!(t.hub.stats().decisions_asked, 1);
+}
+
+#[test]
+fn a_refusal_carries_the_applications_code_and_a_bad_code_becomes_forbidden() {
+    let mut t = hooked(all_hooks());
+    let a = t.connect(None);
+    t.send(a, json!({"type":"join","room":"vip","id":"j"}));
+    let d = t.decision();
+    t.answer(d.ticket, Answer::refuse("members_only", "buy a ticket"));
+    assert_eq!(
+        t.take(a),
+        vec![json!({"type":"error","id":"j","code":"members_only","message":"buy a ticket"})]
+    );
+    t.send(a, json!({"type":"subscribe","channel":"c","id":2}));
+    let d = t.decision();
+    t.answer(d.ticket, Answer::refuse("bad\ncode", "nope"));
+    assert_eq!(code(&t.take(a)[0]), "forbidden");
+    assert!(t.hub.channel_subscribers("c").is_empty());
+}
+
+#[test]
+fn later_requests_wait_in_order_and_others_are_served() {
+    let mut t = hooked(HookConfig {
+        join: true,
+        ..HookConfig::default()
+    });
+    let a = t.connect(None);
+    let b = t.connect(None);
+    let r = t.ask(b, json!({"type":"subscribe","channel":"open"}));
+    assert_eq!(r["type"], "ack");
+    t.send(a, json!({"type":"join","room":"x","id":1}));
+    let first = t.decision();
+    // behind it: a ping, a second join (asks again, in its turn), a subscribe
+    t.send(a, json!({"type":"ping","id":2}));
+    t.send(a, json!({"type":"join","room":"y","id":3}));
+    t.send(a, json!({"type":"subscribe","channel":"c","id":4}));
+    assert!(t.take(a).is_empty());
+    assert!(
+        t.decisions.is_empty(),
+        "one question at a time per connection"
+    );
+    // someone else goes on meanwhile
+    let r = t.ask(
+        b,
+        json!({"type":"publish","channel":"open","event":"e","id":9}),
+    );
+    assert_eq!(r["type"], "ack");
+    t.answer(first.ticket, Answer::allow());
+    let got = t.take(a);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        (got[0]["id"].clone(), got[1]["id"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(got[1]["type"], "pong");
+    // the second join parked in its turn; the subscribe still waits behind it
+    let second = t.decision();
+    assert_eq!(
+        second.question,
+        Question::Join {
+            room: "y".into(),
+            presence: false
+        }
+    );
+    t.answer(second.ticket, Answer::refuse("nope", "not y"));
+    let got = t.take(a);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[0]["id"].clone(), got[1]["id"].clone()),
+        (json!(3), json!(4))
+    );
+    assert_eq!(got[1]["type"], "ack");
+    assert!(t.hub.channel_subscribers("c").contains(&a));
+}
+
+#[test]
+fn no_answer_in_time_is_unavailable_and_a_late_answer_changes_nothing() {
+    let mut t = hooked(HookConfig {
+        join: true,
+        timeout_ms: 500,
+        ..HookConfig::default()
+    });
+    let a = t.connect(None);
+    t.send(a, json!({"type":"join","room":"r","id":1}));
+    t.send(a, json!({"type":"ping","id":2}));
+    let d = t.decision();
+    t.advance(499);
+    assert!(t.take(a).is_empty());
+    t.advance(1);
+    let got = t.take(a);
+    assert_eq!(code(&got[0]), "unavailable");
+    assert_eq!(got[0]["id"], 1);
+    assert_eq!(got[1]["type"], "pong", "what waited behind it runs");
+    assert_eq!(t.hub.stats().decisions_timed_out, 1);
+    t.answer(d.ticket, Answer::allow());
+    assert!(t.take(a).is_empty());
+    assert!(!t.hub.is_member(a, "r"), "a late allow joins nothing");
+    assert_eq!(t.hub.stats().decisions_late, 1);
+    // an unknown ticket is ignored too
+    t.answer(Ticket(999), Answer::allow());
+    // and a stale ticket does not settle a newer parked request
+    t.send(a, json!({"type":"join","room":"r2","id":3}));
+    let d2 = t.decision();
+    t.answer(d.ticket, Answer::allow());
+    assert!(t.take(a).is_empty());
+    t.answer(d2.ticket, Answer::Unavailable);
+    assert_eq!(code(&t.take(a)[0]), "unavailable");
+}
+
+#[test]
+fn a_publish_may_have_its_data_replaced() {
+    let mut t = hooked(HookConfig {
+        publish: true,
+        ..HookConfig::default()
+    });
+    let a = t.connect(Some("ann"));
+    let b = t.connect(None);
+    t.join(a, "r");
+    t.join(b, "r");
+    t.send(
+        a,
+        json!({"type":"publish","room":"r","event":"say","data":{"text":"darn"},"id":1}),
+    );
+    let d = t.decision();
+    match &d.question {
+        Question::Publish {
+            target_kind,
+            target,
+            event,
+            data,
+        } => {
+            assert_eq!(
+                (*target_kind, target.as_str(), event.as_str()),
+                ("room", "r", "say")
+            );
+            assert_eq!(
+                data.as_deref().map(RawValue::get),
+                Some(r#"{"text":"darn"}"#)
+            );
+        }
+        q => panic!("{q:?}"),
+    }
+    assert!(t.take(b).is_empty(), "nothing delivered before the answer");
+    t.answer(d.ticket, Answer::with_data(raw(r#"{"text":"****"}"#)));
+    let m = t.take(b);
+    assert_eq!(m[0]["data"], json!({"text":"****"}));
+    assert_eq!(t.take(a)[0]["seq"], 1);
+    // an allow without data keeps the original
+    t.send(
+        a,
+        json!({"type":"publish","room":"r","event":"say","data":1}),
+    );
+    let d = t.decision();
+    t.answer(d.ticket, Answer::allow());
+    assert_eq!(t.take(b)[0]["data"], 1);
+}
+
+#[test]
+fn membership_and_caps_are_checked_before_the_application_is_asked() {
+    let mut t = hooked(all_hooks());
+    let a = t.connect(None);
+    let r = t.ask(a, json!({"type":"publish","room":"nowhere","event":"e"}));
+    assert_eq!(code(&r), "not_member");
+    assert!(
+        t.decisions.is_empty(),
+        "the core refuses what it can itself"
+    );
+}
+
+#[test]
+fn rpc_is_answered_by_the_application_or_unsupported() {
+    let mut t = hooked(all_hooks());
+    let a = t.connect(None);
+    t.send(
+        a,
+        json!({"type":"rpc","method":"time.now","data":{"tz":"UTC"},"id":5}),
+    );
+    let d = t.decision();
+    assert_eq!(
+        d.question,
+        Question::Rpc {
+            method: "time.now".into(),
+            data: Some(raw(r#"{"tz":"UTC"}"#))
+        }
+    );
+    t.answer(d.ticket, Answer::with_data(raw("1900000000")));
+    assert_eq!(
+        t.take(a),
+        vec![json!({"type":"ack","id":5,"data":1900000000})]
+    );
+    t.send(a, json!({"type":"rpc","method":"m","id":6}));
+    let d = t.decision();
+    t.answer(d.ticket, Answer::allow());
+    assert_eq!(t.take(a), vec![json!({"type":"ack","id":6,"data":null})]);
+
+    let mut plain = T::new();
+    let b = plain.connect(None);
+    let r = plain.ask(b, json!({"type":"rpc","method":"m","id":1}));
+    assert_eq!(code(&r), "unsupported");
+    let r = plain.ask(b, json!({"type":"rpc","method":"","id":1}));
+    assert_eq!(code(&r), "bad_name");
+}
+
+#[test]
+fn a_connection_closing_while_it_waits_leaves_nothing_behind() {
+    let mut t = hooked(all_hooks());
+    let a = t.connect(None);
+    t.send(a, json!({"type":"join","room":"r"}));
+    let d = t.decision();
+    t.hub
+        .handle_disconnect(
+            Timestamp(0),
+            a,
+            DisconnectReason::Closed { code: Some(1000) },
+        )
+        .unwrap();
+    t.answer(d.ticket, Answer::allow());
+    assert!(t.hub.is_empty(), "no room made by a late allow");
+}
+
+#[test]
+fn the_queue_behind_a_parked_request_is_bounded() {
+    let mut t = hooked(HookConfig {
+        rpc: true,
+        max_queued: 2,
+        ..HookConfig::default()
+    });
+    let a = t.connect(None);
+    t.send(a, json!({"type":"rpc","method":"slow","id":0}));
+    for i in 1..=3 {
+        t.send(a, json!({"type":"ping","id":i}));
+    }
+    let got = t.take(a);
+    assert_eq!(got.len(), 1, "the third one is refused at once: {got:?}");
+    assert_eq!(
+        (code(&got[0]), got[0]["id"].clone()),
+        ("rate_limited", json!(3))
+    );
+    let d = t.decision();
+    t.answer(d.ticket, Answer::allow());
+    let ids: Vec<Value> = t.take(a).iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(ids, vec![json!(0), json!(1), json!(2)]);
+}
+
+#[test]
+fn server_side_membership_is_told_to_the_connection() {
+    let mut t = T::new();
+    let a = t.connect(None);
+    t.hub.join(Timestamp(0), a, "news", false).unwrap();
+    t.drain();
+    let j = t.take(a);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0]["type"], "joined");
+    assert_eq!(
+        (
+            j[0]["room"].clone(),
+            j[0]["members"].clone(),
+            j[0]["seq"].clone()
+        ),
+        (json!("news"), json!(1), json!(0))
+    );
+    assert!(j[0]["epoch"].is_string());
+    // again: already a member, nothing said
+    t.hub.join(Timestamp(0), a, "news", false).unwrap();
+    t.drain();
+    assert!(t.take(a).is_empty());
+    t.hub.leave(Timestamp(0), a, "news").unwrap();
+    t.drain();
+    assert_eq!(
+        t.take(a),
+        vec![json!({"type":"left","room":"news","reason":"server"})]
+    );
+    t.hub.join(Timestamp(0), a, "one", false).unwrap();
+    t.hub.join(Timestamp(0), a, "two", false).unwrap();
+    t.hub.leave_all(Timestamp(0), a).unwrap();
+    t.drain();
+    let left: Vec<Value> = t
+        .take(a)
+        .into_iter()
+        .filter(|m| m["type"] == "left")
+        .collect();
+    assert_eq!(left.len(), 2);
+    t.hub
+        .create_room(Timestamp(0), "stage", RoomOptions::default())
+        .unwrap();
+    t.join(a, "stage");
+    t.hub.remove_room(Timestamp(0), "stage").unwrap();
+    t.drain();
+    assert_eq!(
+        t.take(a),
+        vec![json!({"type":"left","room":"stage","reason":"room_removed"})]
+    );
+}
