@@ -1,0 +1,106 @@
+"""A small application backend for roomcast's HTTP proxy hooks, written with the Python
+standard library only (no roomcast code): it is what a team would write in any language.
+
+Rules it applies (the scenarios check each one through a real server):
+- join: rooms named `vip-*` are refused with the application's code `members_only`,
+  unless the user is `boss`;
+- subscribe: channel `secret` is refused `forbidden`;
+- publish: `data.text` has the word "darn" masked; a publish with event `slow` never gets
+  an answer in time (the backend sleeps past roomcast's timeout);
+- rpc: `add` answers the sum of `data.a` and `data.b`; `whoami` answers who is asking
+  (conn, user, info); anything else is refused `no_such_method`;
+- disconnect: recorded (best effort) so a test can see it arrived.
+
+Every call is recorded in `calls`, as roomcast sent it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class HookBackend:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        self.slow_seconds = 3.0
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                hook = self.path.rsplit("/", 1)[-1]
+                with backend.lock:
+                    backend.calls.append((hook, body))
+                answer = backend.decide(hook, body)
+                if answer is None:
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                raw = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                try:
+                    self.wfile.write(raw)
+                except BrokenPipeError:
+                    pass  # roomcast gave up waiting (the slow hook): expected
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/hooks"
+
+    def decide(self, hook: str, body: dict) -> dict | None:
+        if hook == "join":
+            if body["room"].startswith("vip-") and body.get("user") != "boss":
+                return {"error": {"code": "members_only", "message": "vip rooms are for the boss"}}
+            return {}
+        if hook == "subscribe":
+            if body["channel"] == "secret":
+                return {"error": {"code": "forbidden", "message": "not for you"}}
+            return {}
+        if hook == "publish":
+            if body.get("event") == "slow":
+                time.sleep(self.slow_seconds)
+                return {}
+            data = body.get("data")
+            if isinstance(data, dict) and isinstance(data.get("text"), str):
+                return {"data": {**data, "text": data["text"].replace("darn", "****")}}
+            return {}
+        if hook == "rpc":
+            data = body.get("data") or {}
+            if body["method"] == "add":
+                return {"data": data["a"] + data["b"]}
+            if body["method"] == "whoami":
+                return {"data": {"conn": body["conn"], "user": body["user"], "info": body["info"]}}
+            if body["method"] == "explode":
+                return None  # a backend error: roomcast answers `unavailable`
+            return {"error": {"code": "no_such_method", "message": body["method"]}}
+        if hook == "disconnect":
+            return {}
+        return {"error": {"code": "unknown_hook", "message": hook}}
+
+    def calls_of(self, hook: str) -> list[dict]:
+        with self.lock:
+            return [b for h, b in self.calls if h == hook]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
