@@ -42,6 +42,8 @@ worker_tests() {
 		[HIBERNATION]="ROOMCAST_HISTORY_AGE:30s"
 		[AUTH]="ROOMCAST_DEMO_TOKENS:true"
 		[AUTH_DENY]="ROOMCAST_AUTH_DENY_BY_DEFAULT:true"
+		# several variables: space-separated (values have no spaces)
+		[API]="ROOMCAST_API_KEY:test-api-key-0123456789 ROOMCAST_NO_ROOM_CREATION:true"
 	)
 	# The token profiles: fresh keys (tests/scenarios/tokens.py, PyJWT and cryptography),
 	# their public halves and the secret as the Worker's variables, the whole set handed
@@ -61,7 +63,8 @@ worker_tests() {
 		port[$name]=$p
 		local args=()
 		if [[ $name == AUTH* ]]; then args=("${auth_vars[@]}"); fi
-		if [[ -n ${vars[$name]} ]]; then args+=(--var "${vars[$name]}"); fi
+		local v
+		for v in ${vars[$name]}; do args+=(--var "$v"); done
 		ROOMCAST_STATE_DIR="$tmp/state-$name" "$wdir/run-local.sh" "$p" "${args[@]}" \
 			>"$logs/$name.log" 2>&1 &
 		pid[$name]=$!
@@ -95,6 +98,7 @@ worker_tests() {
 				ROOMCAST_WS_URL_NO_ROOM_CREATION="ws://127.0.0.1:${port[NO_ROOM_CREATION]}$hub" \
 				ROOMCAST_WS_URL_AUTH="ws://127.0.0.1:${port[AUTH]}$hub" \
 				ROOMCAST_WS_URL_AUTH_DENY="ws://127.0.0.1:${port[AUTH_DENY]}$hub" \
+				ROOMCAST_WS_URL_API="ws://127.0.0.1:${port[API]}$hub" \
 				ROOMCAST_AUTH_KEYS="$keys" \
 				bounded 1200 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" "${extra[@]}"
 		) || rc=$?

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -14,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import require, start_server
+from conftest import Endpoint, _http_from_ws, require, start_server
 from hook_backend import HookBackend
 from rc import TIMEOUT, Client, close_code, uid
 
@@ -38,9 +39,15 @@ def hooked(backend):
 
 @pytest.fixture(scope="module")
 def api_server():
+    """A server with the API on (key API_KEY) and --no-room-creation: ROOMCAST_WS_URL_API
+    (the Worker's, started by worker_tests.bash with the same key), else a native one."""
+    url = os.environ.get("ROOMCAST_WS_URL_API")
+    if url:
+        yield Endpoint(url, _http_from_ws(url))
+        return
     require("spawn_configured")
     s = start_server("--api-key", API_KEY, "--history", "50", "--no-room-creation", name="api")
-    yield s
+    yield Endpoint(s.ws_url, s.http_url, s)
     s.terminate()
 
 
@@ -138,9 +145,17 @@ async def test_a_backend_that_is_down_means_unavailable_not_a_hang():
 # --- the server HTTP API ---------------------------------------------------------------
 
 
+def api_base(server) -> str:
+    """`…/ws` -> `…/api`: `/api` natively, `/hub/{name}/api` on the Worker."""
+    http = server.ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    base = http.split("?", 1)[0]
+    assert base.endswith("/ws"), base
+    return base[: -len("/ws")] + "/api"
+
+
 def api(server, method: str, path: str, body: dict | None = None, key: str | None = API_KEY):
     req = urllib.request.Request(
-        f"{server.http_url}/api{path}",
+        f"{api_base(server)}{path}",
         method=method,
         data=None if body is None else json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
@@ -228,6 +243,5 @@ async def test_disconnect_a_user_and_errors(api_server):
 
 
 async def test_without_a_key_there_is_no_api(server):
-    require("spawn_configured")  # the Worker's API comes with its own key variable
     status, r = await call(server, "GET", "/stats", key="anything-at-all-0123")
     assert status == 404, r

@@ -21,6 +21,7 @@ use roomcast_core::hub::{
     Answer, ConnId, ConnSnapshot, ConnectError, ConnectRequest, Destination, DisconnectReason,
     Event, HistoryConfig, HubConfig, HubError, Output, Published, RoomSnapshot,
 };
+use roomcast_core::api::{self, ApiRequest, ApiResponse};
 use roomcast_core::{Hub, Timestamp};
 use thiserror::Error;
 
@@ -90,6 +91,22 @@ pub trait Store {
     fn delete_conn(&mut self, conn: ConnId) -> Result<(), StoreError>;
     /// Every stored snapshot.
     fn load_conns(&mut self) -> Result<Vec<(ConnId, String)>, StoreError>;
+    /// Records what the server API made ([`ServerState`] as JSON), replacing the last.
+    fn save_server_state(&mut self, json: &str) -> Result<(), StoreError>;
+    /// The last recorded server state, if any.
+    fn load_server_state(&mut self) -> Result<Option<String>, StoreError>;
+}
+
+/// What the server API made that must outlive an eviction: the rooms it created (data,
+/// member limit, the persistent flag; epoch and seq as of the last API call) and the
+/// channels with their links. Stored whole after every API call that changes something:
+/// it is small (API-made rooms, not client rooms) and one row is never half written.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServerState {
+    /// Rooms created through the API (history is stored apart, per message).
+    pub rooms: Vec<RoomSnapshot>,
+    /// Channels and their linked rooms.
+    pub channels: Vec<roomcast_core::hub::ChannelSnapshot>,
 }
 
 /// A socket found on wake-up, as the platform keeps it.
@@ -145,6 +162,8 @@ pub struct Driver {
     spilled: BTreeSet<ConnId>,
     /// Rooms with a row in storage.
     stored_rooms: BTreeSet<Arc<str>>,
+    /// An API call changed rooms or channels: the server state is saved at the next flush.
+    server_state_dirty: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -172,6 +191,37 @@ impl Driver {
             dirty: BTreeSet::new(),
             spilled: BTreeSet::new(),
             stored_rooms: BTreeSet::new(),
+            server_state_dirty: false,
+        }
+    }
+
+    /// Answers a server HTTP API call (the key was checked by the caller); anything but a
+    /// read marks the server state for saving at the next flush.
+    pub fn api(&mut self, now: Timestamp, req: ApiRequest<'_>) -> ApiResponse {
+        self.now = now;
+        let answer = api::handle(&mut self.hub, now, req);
+        if req.method != "GET" {
+            self.server_state_dirty = true;
+        }
+        answer
+    }
+
+    /// What the API made, as it stands.
+    fn server_state(&self) -> ServerState {
+        let mut names: Vec<&str> = self.hub.rooms().collect();
+        names.sort_unstable();
+        let rooms = names
+            .into_iter()
+            .filter_map(|n| self.hub.snapshot_room(n))
+            .filter(|r| r.persistent)
+            .map(|r| RoomSnapshot {
+                history: Vec::new(),
+                ..r
+            })
+            .collect();
+        ServerState {
+            rooms,
+            channels: self.hub.snapshot_channels(),
         }
     }
 
@@ -236,12 +286,35 @@ impl Driver {
         }
         // Expired history and rooms are the core's business: `Hub::restore` trims them and
         // reports each dropped room as `RoomRemoved`, which the next flush deletes.
-        let rooms = store.load_rooms().unwrap_or_else(|e| {
+        let mut rooms = store.load_rooms().unwrap_or_else(|e| {
             errors.push(e);
             Vec::new()
         });
+        let server: ServerState = match store.load_server_state() {
+            Ok(Some(json)) => serde_json::from_str(&json).unwrap_or_else(|e| {
+                errors.push(StoreError(format!("unreadable server state: {e}")));
+                ServerState::default()
+            }),
+            Ok(None) => ServerState::default(),
+            Err(e) => {
+                errors.push(e);
+                ServerState::default()
+            }
+        };
+        // The API's rooms: their data, limit and flag onto the stored rows (which have
+        // the latest epoch, seq and history), or as they were if they have no row.
+        for made in server.rooms {
+            match rooms.iter_mut().find(|r| r.name == made.name) {
+                Some(r) => {
+                    r.persistent = made.persistent;
+                    r.max_members = made.max_members;
+                    r.data = made.data;
+                }
+                None => rooms.push(made),
+            }
+        }
         let stored_rooms = rooms.iter().map(|r| Arc::from(r.name.as_str())).collect();
-        let hub = Hub::restore(config, seed, now, rooms, Vec::new(), conns);
+        let hub = Hub::restore(config, seed, now, rooms, server.channels, conns);
         let mut driver = Driver::around(hub, history, now);
         driver.spilled = spilled;
         driver.stored_rooms = stored_rooms;
@@ -351,6 +424,24 @@ impl Driver {
         }
         for conn in std::mem::take(&mut self.dirty) {
             self.save_conn(conn, sockets, store, &mut errors);
+        }
+        if std::mem::take(&mut self.server_state_dirty) {
+            let state = self.server_state();
+            for r in &state.rooms {
+                // an empty API room keeps its epoch too
+                if !self.stored_rooms.contains(r.name.as_str()) {
+                    match store.save_room(&r.name, &r.epoch, r.seq) {
+                        Ok(()) => {
+                            self.stored_rooms.insert(Arc::from(r.name.as_str()));
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            let json = serde_json::to_string(&state).expect("the state serializes");
+            if let Err(e) = store.save_server_state(&json) {
+                errors.push(e);
+            }
         }
         errors
     }

@@ -10,6 +10,7 @@
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, HashMap};
 
+use roomcast_core::api::{self, ApiRequest, ApiResponse};
 use roomcast_core::auth::{demo_token_answer, AuthError};
 use roomcast_core::close;
 use roomcast_core::handshake::{self, Reject, RejectReason};
@@ -123,6 +124,21 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             let mut to = url.clone();
             to.set_path(&format!("{}/", url.path()));
             return Response::redirect_with_status(to, 308);
+        }
+        Route::HubPage(file) if is_api(&file) => {
+            // The key is checked here, before the Durable Object is woken.
+            let key = match read_settings(&env) {
+                Ok(s) => s.api_key,
+                Err(e) => return misconfigured(&e),
+            };
+            if let Some(refused) = api_refusal(&req, key.as_deref())? {
+                return Ok(refused);
+            }
+            let stub = env
+                .durable_object(HUB_BINDING)?
+                .id_from_name(&name_of(&url))?
+                .get_stub()?;
+            return stub.fetch_with_request(req).await;
         }
         Route::HubPage(file) if file == "/demo/token" => {
             let demo = match read_settings(&env) {
@@ -353,6 +369,23 @@ impl Store for SqlStore {
         self.run(sql::DELETE_CONN, vec![conn.as_u64().to_string().into()])
     }
 
+    fn save_server_state(&mut self, json: &str) -> std::result::Result<(), StoreError> {
+        self.run(sql::SAVE_SERVER_STATE, vec![json.into()])
+    }
+
+    fn load_server_state(&mut self) -> std::result::Result<Option<String>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            value: String,
+        }
+        let rows: Vec<Row> = self
+            .0
+            .exec(sql::LOAD_SERVER_STATE, None)
+            .and_then(|c| c.to_array())
+            .map_err(store_err)?;
+        Ok(rows.into_iter().next().map(|r| r.value))
+    }
+
     fn load_conns(&mut self) -> std::result::Result<Vec<(ConnId, String)>, StoreError> {
         let rows: Vec<ConnRow> = self
             .0
@@ -364,6 +397,52 @@ impl Store for SqlStore {
             .filter_map(|r| Some((ConnId::from_u64(r.id.parse().ok()?), r.snapshot)))
             .collect())
     }
+}
+
+/// Whether a hub page path is the server API's (`/api` or below).
+fn is_api(file: &str) -> bool {
+    file == "/api" || file.starts_with("/api/")
+}
+
+/// The hub's name in a `/hub/{name}/…` URL, decoded (the route was classified already).
+fn name_of(url: &worker::Url) -> String {
+    let raw = url
+        .path()
+        .trim_start_matches("/hub/")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match route::classify(&format!("/hub/{raw}/ws")) {
+        Route::Hub(name) => name,
+        _ => raw.to_owned(),
+    }
+}
+
+/// The answer to an API call without the right key: 404 while the API is off, 401 for
+/// a missing or wrong key; `None` when the key is right.
+fn api_refusal(req: &Request, key: Option<&str>) -> Result<Option<Response>> {
+    let Some(key) = key else {
+        let a = ApiResponse::error(404, "not_found", "the server API is off: set ROOMCAST_API_KEY");
+        return json_answer(&a).map(Some);
+    };
+    let given = req.headers().get("authorization")?;
+    if api::authorized(given.as_deref(), key) {
+        return Ok(None);
+    }
+    let mut resp = json_answer(&ApiResponse::unauthorized())?;
+    resp.headers_mut()
+        .set("www-authenticate", "Bearer realm=\"roomcast\"")?;
+    Ok(Some(resp))
+}
+
+/// An API answer as a response: JSON, never cached.
+fn json_answer(a: &ApiResponse) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::ok(a.body.clone())?
+        .with_status(a.status)
+        .with_headers(headers))
 }
 
 /// One hub: the Durable Object for one `/hub/{name}/ws`.
@@ -521,11 +600,39 @@ impl DurableObject for HubObject {
         }
     }
 
-    async fn fetch(&self, req: Request) -> Result<Response> {
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
         let settings = match &self.settings {
             Ok(s) => s,
             Err(e) => return misconfigured(e),
         };
+        let url = req.url()?;
+        if let Route::HubPage(file) = route::classify(url.path()) {
+            if is_api(&file) {
+                // checked again: nothing reaches the hub's API around the key
+                if let Some(refused) = api_refusal(&req, settings.api_key.as_deref())? {
+                    return Ok(refused);
+                }
+                let body = req.bytes().await?;
+                let now = now();
+                let method = req.method().to_string();
+                let answer = {
+                    let mut live = self.live(now)?;
+                    let a = live.driver.api(
+                        now,
+                        ApiRequest {
+                            method: &method,
+                            path: &file["/api".len()..],
+                            query: url.query(),
+                            body: &body,
+                        },
+                    );
+                    self.flush(&mut live);
+                    a
+                };
+                self.arm_alarm().await;
+                return json_answer(&answer);
+            }
+        }
         let core_req = core_request(&req)?;
         let accept = match handshake::accept(&core_req, &settings.policy) {
             Ok(a) => a,

@@ -28,6 +28,7 @@ pub const VARIABLES: &[&str] = &[
     "ROOMCAST_AUTH_AUDIENCE",
     "ROOMCAST_AUTH_ISSUER",
     "ROOMCAST_AUTH_DENY_BY_DEFAULT",
+    "ROOMCAST_API_KEY",
     "ROOMCAST_DEMO_TOKENS",
     "ROOMCAST_DEMO_TOKEN_TTL",
     "ROOMCAST_MAX_CONNECTIONS",
@@ -67,6 +68,9 @@ pub struct Settings {
     pub hub: HubConfig,
     /// Handshake policy (allowed origins, subprotocol).
     pub policy: ServerPolicy,
+    /// The server HTTP API's key (`ROOMCAST_API_KEY`, a Worker secret): the API under
+    /// `/hub/{name}/api/` is off (404) without it.
+    pub api_key: Option<String>,
     /// Demo tokens minted at `/hub/{name}/demo/token` (`ROOMCAST_DEMO_TOKENS`; demos
     /// only: anyone gets a token for any name).
     pub demo_tokens: Option<DemoTokens>,
@@ -146,6 +150,17 @@ impl Settings {
             .map_err(auth_error)?
             .map(Arc::new);
         let demo_tokens = demo_tokens(&get)?;
+        let api_key = match get("ROOMCAST_API_KEY") {
+            Some((name, v)) if v.len() < 16 => {
+                return Err(SettingsError {
+                    name,
+                    value: "(not shown)".into(),
+                    problem: "use at least 16 characters".into(),
+                })
+            }
+            Some((_, v)) => Some(v),
+            None => None,
+        };
         let allowed_origins = get("ROOMCAST_ALLOWED_ORIGIN")
             .map(|(_, v)| {
                 v.split(',')
@@ -162,6 +177,7 @@ impl Settings {
                 subprotocols: vec![SUBPROTOCOL.to_owned()],
             },
             demo_tokens,
+            api_key,
         })
     }
 }

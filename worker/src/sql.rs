@@ -11,12 +11,21 @@ use roomcast_core::hub::HistoryConfig;
 /// - `rooms(name PK, epoch, seq)`: every room the hub has, from its first join;
 /// - `history(room, seq, at, text; PK room+seq)`: kept room messages, trimmed with the
 ///   hub's count and age limits as messages arrive;
-/// - `conns(id PK, snapshot)`: snapshots too big for their socket's attachment.
+/// - `conns(id PK, snapshot)`: snapshots too big for their socket's attachment;
+/// - `meta(key PK, value)`: what the server API made, as one JSON document under
+///   `server` (rooms it created with their data, flag and limit; channels and links).
 pub(crate) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS history (room TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS conns (id TEXT PRIMARY KEY, snapshot TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
 ];
+
+/// (value): the server API's rooms and channels ([`crate::driver::ServerState`] JSON).
+pub(crate) const SAVE_SERVER_STATE: &str =
+    "INSERT OR REPLACE INTO meta (key, value) VALUES ('server', ?)";
+/// The stored server state: value (no row before the API made anything).
+pub(crate) const LOAD_SERVER_STATE: &str = "SELECT value FROM meta WHERE key = 'server'";
 
 /// (name, epoch, seq): creates or updates a room's row.
 pub(crate) const SAVE_ROOM: &str = "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) \

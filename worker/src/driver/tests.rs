@@ -221,6 +221,14 @@ impl Store for SqliteStore {
     fn load_conns(&mut self) -> Result<Vec<(ConnId, String)>, StoreError> {
         Ok(self.conns().into_iter().collect())
     }
+    fn save_server_state(&mut self, json: &str) -> Result<(), StoreError> {
+        self.run(sql::SAVE_SERVER_STATE, [json])
+    }
+    fn load_server_state(&mut self) -> Result<Option<String>, StoreError> {
+        let mut st = self.0.prepare(sql::LOAD_SERVER_STATE).map_err(sql_err)?;
+        let rows: Rows<String> = st.query_map([], |r| r.get(0)).map_err(sql_err)?.collect();
+        Ok(rows.map_err(sql_err)?.pop())
+    }
 }
 
 /// One Durable Object: a driver that can be evicted, over sockets and storage that stay.
@@ -305,6 +313,23 @@ impl Object {
 
     fn evict(&mut self) {
         self.driver = None;
+    }
+
+    /// A server API call, as the Durable Object makes it: answer, then flush.
+    fn api(&mut self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let now = Timestamp(self.now);
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let a = self.live().api(
+            now,
+            roomcast_core::api::ApiRequest {
+                method,
+                path,
+                query: None,
+                body: body.as_bytes(),
+            },
+        );
+        self.flush();
+        (a.status, serde_json::from_str(&a.body).unwrap())
     }
 
     fn advance(&mut self, ms: u64) {
@@ -826,4 +851,42 @@ fn a_waiting_connection_evicted_past_its_deadline_is_closed_4001() {
     o.alarm();
     let closed = o.sockets.map[&p].closed.clone();
     assert_eq!(closed, Some((4001, "auth timeout".to_owned())));
+}
+
+#[test]
+fn what_the_api_made_outlives_an_eviction() {
+    // Rooms the API created (data, limit, the persistent flag) and channel links were
+    // lost to hibernation before: restore passed no channels and no room options.
+    let mut o = Object::new(history_config(10));
+    let (s, _) = o.api("PUT", "/rooms/stage", json!({"data": {"topic": "x"}, "max_members": 2}));
+    assert_eq!(s, 200);
+    let (s, _) = o.api("PUT", "/rooms/empty", Value::Null);
+    assert_eq!(s, 200);
+    assert_eq!(o.api("PUT", "/channels/news/rooms/stage", Value::Null).0, 200);
+    let a = o.connect(Some("ann"));
+    assert_eq!(ack(&o.send(a, json!({"type":"join","room":"stage","id":1})))["type"], "ack");
+    let epoch_empty = o.live().hub().room_position("empty").unwrap().0.to_owned();
+    o.evict();
+    o.advance(120_000); // past the history age: an ordinary empty room would be gone
+    let (s, room) = o.api("GET", "/rooms/stage", Value::Null);
+    assert_eq!(s, 200);
+    assert_eq!(room["data"], json!({"topic": "x"}));
+    assert_eq!(room["members"], 1);
+    let (s, empty) = o.api("GET", "/rooms/empty", Value::Null);
+    assert_eq!(s, 200, "an empty API room stays");
+    assert_eq!(empty["epoch"], epoch_empty, "with its epoch");
+    // the link holds: a channel publish reaches the room's member
+    let (_, d) = o.api("POST", "/publish", json!({"channel": "news", "event": "e"}));
+    assert_eq!(d, json!({"delivered": 1}));
+    // and the limit: a third member is refused
+    let b = o.connect(Some("bob"));
+    assert_eq!(ack(&o.send(b, json!({"type":"join","room":"stage","id":2})))["type"], "ack");
+    let c = o.connect(Some("cy"));
+    let r = o.send(c, json!({"type":"join","room":"stage","id":3}));
+    assert_eq!(r[0]["code"], "room_full");
+    // removing it is remembered too
+    assert_eq!(o.api("DELETE", "/rooms/empty", Value::Null).0, 200);
+    o.evict();
+    assert_eq!(o.api("GET", "/rooms/empty", Value::Null).0, 404);
+    assert_eq!(o.api("GET", "/rooms/stage", Value::Null).0, 200);
 }
