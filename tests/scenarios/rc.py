@@ -61,15 +61,14 @@ class Client:
     async def open(cls, url: str, user: str | None = None, **kwargs: Any) -> "Client":
         if user is not None:
             url = with_query(url, user=user)
-        ws = await connect(
-            url,
-            open_timeout=TIMEOUT,
-            close_timeout=TIMEOUT,
-            ping_interval=None,  # roomcast pings us; websockets answers automatically
-            max_size=None,
-            compression=None,
-            **kwargs,
-        )
+        options: dict[str, Any] = {
+            "open_timeout": TIMEOUT,
+            "close_timeout": TIMEOUT,
+            "ping_interval": None,  # roomcast pings us; websockets answers automatically
+            "max_size": None,
+            "compression": None,
+        }
+        ws = await connect(url, **{**options, **kwargs})
         try:
             text = await asyncio.wait_for(ws.recv(), TIMEOUT)
         except BaseException:

@@ -17,11 +17,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use roomcast_core::api::{self, ApiRequest, ApiResponse};
 use roomcast_core::hub::{
     Answer, ConnId, ConnSnapshot, ConnectError, ConnectRequest, Destination, DisconnectReason,
     Event, HistoryConfig, HubConfig, HubError, Output, Published, RoomSnapshot,
 };
-use roomcast_core::api::{self, ApiRequest, ApiResponse};
 use roomcast_core::{Hub, Timestamp};
 use thiserror::Error;
 

@@ -422,7 +422,11 @@ fn name_of(url: &worker::Url) -> String {
 /// a missing or wrong key; `None` when the key is right.
 fn api_refusal(req: &Request, key: Option<&str>) -> Result<Option<Response>> {
     let Some(key) = key else {
-        let a = ApiResponse::error(404, "not_found", "the server API is off: set ROOMCAST_API_KEY");
+        let a = ApiResponse::error(
+            404,
+            "not_found",
+            "the server API is off: set ROOMCAST_API_KEY",
+        );
         return json_answer(&a).map(Some);
     };
     let given = req.headers().get("authorization")?;

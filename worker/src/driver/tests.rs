@@ -318,7 +318,11 @@ impl Object {
     /// A server API call, as the Durable Object makes it: answer, then flush.
     fn api(&mut self, method: &str, path: &str, body: Value) -> (u16, Value) {
         let now = Timestamp(self.now);
-        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
         let a = self.live().api(
             now,
             roomcast_core::api::ApiRequest {
@@ -858,13 +862,23 @@ fn what_the_api_made_outlives_an_eviction() {
     // Rooms the API created (data, limit, the persistent flag) and channel links were
     // lost to hibernation before: restore passed no channels and no room options.
     let mut o = Object::new(history_config(10));
-    let (s, _) = o.api("PUT", "/rooms/stage", json!({"data": {"topic": "x"}, "max_members": 2}));
+    let (s, _) = o.api(
+        "PUT",
+        "/rooms/stage",
+        json!({"data": {"topic": "x"}, "max_members": 2}),
+    );
     assert_eq!(s, 200);
     let (s, _) = o.api("PUT", "/rooms/empty", Value::Null);
     assert_eq!(s, 200);
-    assert_eq!(o.api("PUT", "/channels/news/rooms/stage", Value::Null).0, 200);
+    assert_eq!(
+        o.api("PUT", "/channels/news/rooms/stage", Value::Null).0,
+        200
+    );
     let a = o.connect(Some("ann"));
-    assert_eq!(ack(&o.send(a, json!({"type":"join","room":"stage","id":1})))["type"], "ack");
+    assert_eq!(
+        ack(&o.send(a, json!({"type":"join","room":"stage","id":1})))["type"],
+        "ack"
+    );
     let epoch_empty = o.live().hub().room_position("empty").unwrap().0.to_owned();
     o.evict();
     o.advance(120_000); // past the history age: an ordinary empty room would be gone
@@ -880,7 +894,10 @@ fn what_the_api_made_outlives_an_eviction() {
     assert_eq!(d, json!({"delivered": 1}));
     // and the limit: a third member is refused
     let b = o.connect(Some("bob"));
-    assert_eq!(ack(&o.send(b, json!({"type":"join","room":"stage","id":2})))["type"], "ack");
+    assert_eq!(
+        ack(&o.send(b, json!({"type":"join","room":"stage","id":2})))["type"],
+        "ack"
+    );
     let c = o.connect(Some("cy"));
     let r = o.send(c, json!({"type":"join","room":"stage","id":3}));
     assert_eq!(r[0]["code"], "room_full");
