@@ -65,6 +65,12 @@ CAPABILITIES: dict[str, dict[str, str | None]] = {
         "a malformed Sec-WebSocket-Key never reaches roomcast (a missing key and a wrong "
         "version are still refused)",
     },
+    "prompt_api_close": {
+        "native": None,
+        "worker": "a close the Durable Object decides while serving an HTTP request (the "
+        "server API's disconnect) reaches the client only when its socket next has "
+        "traffic, or ~15 s later (local workerd 1.20261117; worker/README.md)",
+    },
     "spawn_configured": {
         "native": None,
         "worker": "a differently configured hub needs its own deployment: set "
