@@ -2,7 +2,8 @@
 # Browser tests, against the real native server:
 #   wasm  the `roomcast` package in headless Chromium (wasm-bindgen-test, adapters/browser/tests)
 #   e2e   the chat demo in www/, two pages, a server restart, demo tokens refreshed
-#         through the page's token function (Playwright, tests/e2e)
+#         through the page's token function, an rpc and server-made membership
+#         (Playwright, tests/e2e)
 #
 #   ./scripts/browser-tests.sh            # both
 #   ./scripts/browser-tests.sh wasm       # one of them
@@ -128,7 +129,7 @@ run_e2e() {
 	rm -f "$ART/e2e.tap"
 	bounded 600 node --test --test-reporter=spec --test-reporter-destination=stdout \
 		--test-reporter=tap --test-reporter-destination="$ART/e2e.tap" \
-		tests/e2e/chat.test.mjs tests/e2e/tokens.test.mjs || rc=$?
+		tests/e2e/chat.test.mjs tests/e2e/tokens.test.mjs tests/e2e/app.test.mjs || rc=$?
 	touch "$ART/e2e.tap"
 	local p f s
 	p="$(awk '/^# pass /{print $3}' "$ART/e2e.tap")"

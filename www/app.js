@@ -165,6 +165,20 @@ function colorFor(name) {
 
 // --- messages ---------------------------------------------------------------------------
 
+/**
+ * `/method arg ...`: an rpc to the server's application (numbers are sent as numbers),
+ * its answer shown as a notice. A server without an rpc hook answers `unsupported`.
+ */
+function call(command) {
+  const [method, ...words] = command.split(/\s+/);
+  const args = words.map((w) => (w !== "" && !Number.isNaN(Number(w)) ? Number(w) : w));
+  client.rpc(method, { args }).then(
+    (answer) => addNotice(`/${method} → ${JSON.stringify(answer)}`),
+    (err) => addNotice(err.code === "unsupported"
+      ? `/${method}: this server answers no rpc (give it an application: --proxy-url)`
+      : `/${method} failed: ${err.code} (${err.message})`));
+}
+
 function addNotice(text) {
   const li = document.createElement("li");
   li.className = "notice";
@@ -269,11 +283,16 @@ async function start(name, roomName) {
   client.on("state", showState);
   client.on("welcome", (w) => {
     me.conn = w.conn;
+    document.body.dataset.conn = w.conn; // for tests: this connection's id
     welcomed += 1;
     document.body.dataset.welcomes = String(welcomed); // for tests: reconnects
     if (welcomed > 1) rejoining = true;
   });
   client.on("message", onMessage);
+  // Membership the server decided (its API, the application, a token's rooms claim):
+  // the client rejoins such rooms after a reconnect like its own; the page says so.
+  client.on("joined", (j) => addNotice(`The server added you to #${j.room}.`));
+  client.on("left", (l) => addNotice(`The server took you out of #${l.room} (${l.reason}).`));
   client.on("presence", (p) => {
     if (p.room !== room) return;
     for (const x of p.left) roster.delete(x.conn);
@@ -341,6 +360,10 @@ async function main() {
     const text = $("text").value.trim();
     if (!text || !client) return;
     $("text").value = "";
+    if (text.startsWith("/")) {
+      call(text.slice(1));
+      return;
+    }
     const data = { id: messageId(), text, ts: Date.now() };
     send(data, renderMessage(data, me.name, true));
   });

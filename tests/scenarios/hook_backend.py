@@ -2,6 +2,9 @@
 standard library only (no roomcast code): it is what a team would write in any language.
 
 Rules it applies (the scenarios check each one through a real server):
+- connect: a `session=NAME` cookie makes the connection user NAME (with `info`
+  `{"via": "cookie"}`) and puts it in room `lobby-NAME`; `session=banned` is refused;
+  no cookie: admitted as it came;
 - join: rooms named `vip-*` are refused with the application's code `members_only`,
   unless the user is `boss`;
 - subscribe: channel `secret` is refused `forbidden`;
@@ -68,6 +71,18 @@ class HookBackend:
         return f"http://{host}:{port}/hooks"
 
     def decide(self, hook: str, body: dict) -> dict | None:
+        if hook == "connect":
+            cookies = dict(
+                part.strip().split("=", 1)
+                for part in body.get("headers", {}).get("cookie", "").split(";")
+                if "=" in part
+            )
+            session = cookies.get("session")
+            if session == "banned":
+                return {"error": {"code": "banned", "message": "go away"}}
+            if session:
+                return {"user": session, "info": {"via": "cookie"}, "rooms": [f"lobby-{session}"]}
+            return {}
         if hook == "join":
             if body["room"].startswith("vip-") and body.get("user") != "boss":
                 return {"error": {"code": "members_only", "message": "vip rooms are for the boss"}}

@@ -32,7 +32,8 @@ def backend():
 @pytest.fixture(scope="module")
 def hooked(backend):
     require("spawn_configured")
-    s = start_server("--proxy-url", backend.url, "--proxy-timeout", "500ms", name="hooked")
+    s = start_server("--proxy-url", backend.url, "--proxy-timeout", "500ms",
+                     "--proxy-headers", "Cookie", name="hooked")
     yield s
     s.terminate()
 
@@ -130,7 +131,7 @@ async def test_a_backend_that_is_down_means_unavailable_not_a_hang():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     server = start_server("--proxy-url", f"http://127.0.0.1:{port}", "--proxy-timeout", "300ms",
-                          name="proxy-down")
+                          "--proxy-hooks", "join,rpc", name="proxy-down")
     try:
         c = await Client.open(server.ws_url, user=uid("u"))
         assert err(await c.request({"type": "join", "room": uid("r")})) == "unavailable"
@@ -138,6 +139,43 @@ async def test_a_backend_that_is_down_means_unavailable_not_a_hang():
         # the connection is fine otherwise
         assert await c.barrier() == []
         await c.close()
+    finally:
+        server.terminate()
+
+
+async def test_the_backend_admits_connections_by_cookie(hooked, backend):
+    name = uid("carol")
+    c = await Client.open(hooked.ws_url, additional_headers={"Cookie": f"theme=dark; session={name}"})
+    assert c.user == name and c.welcome["info"] == {"via": "cookie"}
+    joined = await c.expect(lambda m: m.get("type") == "joined")
+    assert joined["room"] == f"lobby-{name}"
+    seen = [b for b in backend.calls_of("connect") if b["headers"].get("cookie", "").endswith(name)]
+    assert seen and seen[0]["conn"] == c.conn
+    await c.close()
+    # refused: closed 4003 with the backend's message, before any welcome
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed
+    ws = await ws_connect(hooked.ws_url, additional_headers={"Cookie": "session=banned"},
+                          open_timeout=TIMEOUT, close_timeout=TIMEOUT)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert close_code(closed.value) == 4003 and closed.value.rcvd.reason == "go away"
+
+
+async def test_a_connect_hook_that_is_down_closes_1013():
+    require("spawn_configured")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = start_server("--proxy-url", f"http://127.0.0.1:{port}", "--proxy-timeout", "300ms",
+                          "--proxy-hooks", "connect", name="connect-down")
+    try:
+        from websockets.asyncio.client import connect as ws_connect
+        from websockets.exceptions import ConnectionClosed
+        ws = await ws_connect(server.ws_url, open_timeout=TIMEOUT, close_timeout=TIMEOUT)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert close_code(closed.value) == 1013, "try again later"
     finally:
         server.terminate()
 

@@ -62,6 +62,9 @@ pub struct Config {
     pub demo_tokens: Option<roomcast_core::auth::DemoTokens>,
     /// The application's hooks ([`Config::with_hooks`]); none by default.
     pub hooks: Option<crate::hooks::SharedHooks>,
+    /// Upgrade request headers passed to the `connect` hook (e.g. `Cookie`); none by
+    /// default, so a hook sees no credentials it was not meant to.
+    pub hook_headers: Vec<String>,
     /// Serve the server HTTP API under `/api/` to callers presenting this key
     /// (`Authorization: Bearer KEY`); off (404) without one.
     pub api_key: Option<ApiKey>,
@@ -94,6 +97,7 @@ impl Default for Config {
             demo_tokens: None,
             hooks: None,
             api_key: None,
+            hook_headers: Vec::new(),
         }
     }
 }

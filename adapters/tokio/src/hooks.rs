@@ -66,6 +66,15 @@ pub trait Hooks: Send + Sync + 'static {
         }
     }
 
+    /// May `caller` come in, and as whom? `headers` are the upgrade headers the server
+    /// was told to pass on (`--proxy-headers`, [`crate::Config::hook_headers`]).
+    /// [`Answer::admit`] sets its user, `info` and initial rooms; a refusal closes it
+    /// 4003. Only asked when [`Hooks::decides`] turns `connect` on (default: off).
+    fn connect(&self, caller: Caller, headers: Vec<(String, String)>) -> HookFuture<Answer> {
+        let _ = (caller, headers);
+        Box::pin(async { Answer::allow() })
+    }
+
     /// May `caller` join `room`? (Caps and limits were checked already.)
     fn join(&self, caller: Caller, room: String, presence: bool) -> HookFuture<Answer> {
         let _ = (caller, room, presence);
@@ -112,6 +121,7 @@ pub(crate) fn ask(hooks: &dyn Hooks, decision: Decision) -> HookFuture<Answer> {
         info: decision.info.map(String::from),
     };
     match decision.question {
+        Question::Connect { headers } => hooks.connect(caller, headers),
         Question::Join { room, presence } => hooks.join(caller, room, presence),
         Question::Subscribe { channel } => hooks.subscribe(caller, channel),
         Question::Publish {

@@ -183,10 +183,21 @@ impl Roomcast {
             Some(Ok(t)) => Some(t),
             Some(Err(_)) => return self.refuse(&Reject::new(401, RejectReason::Unauthorized)),
         };
+        // The headers the application's `connect` hook was promised (`--proxy-headers`).
+        let headers = shared
+            .config
+            .hook_headers
+            .iter()
+            .filter_map(|name| {
+                let v = req.headers().get(name.as_str())?.to_str().ok()?;
+                Some((name.to_ascii_lowercase(), v.to_owned()))
+            })
+            .collect();
         let request = ConnectRequest {
             user,
             token,
             metadata,
+            headers,
         };
         let registered = match self.connect(request).await {
             Ok(r) => r,

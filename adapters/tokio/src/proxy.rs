@@ -33,6 +33,8 @@ const MAX_ANSWER: usize = 1 << 20;
 /// Which hooks go to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ProxyHook {
+    /// `URL/connect` (with the `--proxy-headers` headers).
+    Connect,
     /// `URL/join`.
     Join,
     /// `URL/subscribe`.
@@ -47,7 +49,8 @@ pub enum ProxyHook {
 
 impl ProxyHook {
     /// Every hook, the default of `--proxy-hooks`.
-    pub const ALL: [ProxyHook; 5] = [
+    pub const ALL: [ProxyHook; 6] = [
+        ProxyHook::Connect,
         ProxyHook::Join,
         ProxyHook::Subscribe,
         ProxyHook::Publish,
@@ -58,6 +61,7 @@ impl ProxyHook {
     /// The path segment and flag value.
     pub fn name(self) -> &'static str {
         match self {
+            ProxyHook::Connect => "connect",
             ProxyHook::Join => "join",
             ProxyHook::Subscribe => "subscribe",
             ProxyHook::Publish => "publish",
@@ -82,7 +86,7 @@ pub enum ProxyError {
     #[error("proxy URL {0:?}: give http://HOST[:PORT][/PATH]")]
     BadUrl(String),
     /// Not one of join, subscribe, publish, rpc, disconnect.
-    #[error("unknown hook {0:?}: one of join, subscribe, publish, rpc, disconnect")]
+    #[error("unknown hook {0:?}: one of connect, join, subscribe, publish, rpc, disconnect")]
     UnknownHook(String),
 }
 
@@ -167,7 +171,7 @@ impl ProxyHooks {
                 if status != StatusCode::OK {
                     return Err(format!("answered {status}"));
                 }
-                read_answer(&body)
+                read_answer(&body, hook == ProxyHook::Connect)
             })
             .await;
             match answer {
@@ -189,14 +193,21 @@ impl ProxyHooks {
     }
 }
 
-/// The backend's 200 body as an answer: `{}`, `{"data":…}` or `{"error":{…}}`.
-fn read_answer(body: &[u8]) -> Result<Answer, String> {
+/// The backend's 200 body as an answer: `{}`, `{"data":…}` or `{"error":{…}}`; for
+/// `connect`, `user`, `info` and `rooms` instead of `data`.
+fn read_answer(body: &[u8], connect: bool) -> Result<Answer, String> {
     #[derive(serde::Deserialize)]
     struct Raw {
         #[serde(default)]
         error: Option<RawError>,
         #[serde(default)]
         data: Option<Box<RawValue>>,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        info: Option<Box<RawValue>>,
+        #[serde(default)]
+        rooms: Vec<String>,
     }
     #[derive(serde::Deserialize)]
     struct RawError {
@@ -209,12 +220,16 @@ fn read_answer(body: &[u8]) -> Result<Answer, String> {
     }
     let raw: Raw =
         serde_json::from_slice(body).map_err(|e| format!("answer is not a JSON object: {e}"))?;
-    Ok(match (raw.error, raw.data) {
+    Ok(match (raw.error, connect) {
         (Some(e), _) => Answer::Refuse {
             code: e.code,
             message: e.message,
         },
-        (None, data) => Answer::Allow { data },
+        (None, true) => {
+            let rooms: Vec<&str> = raw.rooms.iter().map(String::as_str).collect();
+            Answer::admit(raw.user.as_deref(), raw.info.as_deref(), &rooms)
+        }
+        (None, false) => Answer::Allow { data: raw.data },
     })
 }
 
@@ -236,6 +251,7 @@ fn raw_json(data: Option<&RawValue>) -> Value {
 impl Hooks for ProxyHooks {
     fn decides(&self) -> HookConfig {
         HookConfig {
+            connect: self.on(ProxyHook::Connect),
             join: self.on(ProxyHook::Join),
             subscribe: self.on(ProxyHook::Subscribe),
             publish: self.on(ProxyHook::Publish),
@@ -247,6 +263,16 @@ impl Hooks for ProxyHooks {
                 .saturating_add(100),
             ..HookConfig::default()
         }
+    }
+
+    fn connect(&self, caller: Caller, headers: Vec<(String, String)>) -> HookFuture<Answer> {
+        let mut body = caller_fields(&caller);
+        let headers: serde_json::Map<String, Value> = headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v)))
+            .collect();
+        body["headers"] = Value::Object(headers);
+        self.call(ProxyHook::Connect, body)
     }
 
     fn join(&self, caller: Caller, room: String, presence: bool) -> HookFuture<Answer> {
@@ -301,17 +327,22 @@ mod tests {
 
     #[test]
     fn answers_read_as_the_protocol_says() {
-        assert_eq!(read_answer(b"{}").unwrap(), Answer::allow());
+        assert_eq!(read_answer(b"{}", false).unwrap(), Answer::allow());
         assert_eq!(
-            read_answer(br#"{"data":{"text":"***"}}"#).unwrap(),
+            read_answer(br#"{"data":{"text":"***"}}"#, false).unwrap(),
             Answer::with_data(RawValue::from_string(r#"{"text":"***"}"#.into()).unwrap())
         );
         assert_eq!(
-            read_answer(br#"{"error":{"code":"banned","message":"no"}}"#).unwrap(),
+            read_answer(br#"{"error":{"code":"banned","message":"no"}}"#, false).unwrap(),
             Answer::refuse("banned", "no")
         );
-        assert!(read_answer(b"[]").is_err());
-        assert!(read_answer(b"nope").is_err());
+        assert!(read_answer(b"[]", false).is_err());
+        assert!(read_answer(b"nope", false).is_err());
+        let info = RawValue::from_string(r#"{"n":1}"#.into()).unwrap();
+        assert_eq!(
+            read_answer(br#"{"user":"eve","info":{"n":1},"rooms":["a"]}"#, true).unwrap(),
+            Answer::admit(Some("eve"), Some(&info), &["a"])
+        );
     }
 
     #[test]
@@ -319,6 +350,7 @@ mod tests {
         assert!(ProxyHooks::new("https://x", ProxyHook::ALL, Duration::from_secs(1), 8).is_err());
         assert!(ProxyHooks::new("x", ProxyHook::ALL, Duration::from_secs(1), 8).is_err());
         assert_eq!(ProxyHook::parse(" rpc"), Ok(ProxyHook::Rpc));
-        assert!(ProxyHook::parse("connect").is_err());
+        assert_eq!(ProxyHook::parse("connect"), Ok(ProxyHook::Connect));
+        assert!(ProxyHook::parse("hello").is_err());
     }
 }

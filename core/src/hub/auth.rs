@@ -124,7 +124,7 @@ impl Hub {
 
     /// Admits slot `s` as the verified identity: user and `info`, `welcome`, the
     /// `Connected` event, then the `rooms` claim's joins (each told by `joined`).
-    pub(crate) fn admit_identity(&mut self, s: usize, identity: Identity) {
+    pub(crate) fn admit_identity(&mut self, s: usize, identity: Identity, now: Timestamp) {
         let Identity {
             user,
             expires_unix_ms,
@@ -147,21 +147,39 @@ impl Hub {
             rooms: Vec::new(),
             info: info.as_deref().map(|r| r.get().into()),
         }));
-        self.index.add_user(&user, id);
+        let _ = (user, info, id);
+        if let Some(h) = self.conns[s].hello.as_deref_mut() {
+            // The application has its say first; the welcome follows its answer.
+            h.rooms = rooms;
+            self.ask_connect(s, now);
+            return;
+        }
+        let info = self.conns[s].auth.as_deref().and_then(|a| a.info.clone());
+        self.welcome_admitted(s, rooms, info.as_deref());
+    }
+
+    /// Welcomes slot `s` as it now is (user, `info`): the users index, `welcome`, the
+    /// `Connected` event, then joins of `rooms`, each told by `joined`.
+    pub(crate) fn welcome_admitted(&mut self, s: usize, rooms: Vec<String>, info: Option<&str>) {
+        let id = self.conns[s].id;
+        let user = self.conns[s].user.clone();
+        if let Some(u) = &user {
+            self.index.add_user(u, id);
+        }
         let welcome = messages::welcome(
             &self.conns[s].wire,
-            Some(&user),
-            info.as_deref(),
+            user.as_deref(),
+            info,
             &self.config.heartbeat,
         );
         self.send(id, &welcome);
-        self.fanout.event(Event::Connected {
-            conn: id,
-            user: Some(user),
-        });
+        self.fanout.event(Event::Connected { conn: id, user });
         for room in rooms {
-            // The token's own rooms: the same limits as any server join; a room past
-            // them is skipped (the connection is told only of the rooms it is in).
+            // The same limits as any server join; a room past them is skipped (the
+            // connection is told only of the rooms it is in).
+            if !crate::protocol::valid_name(&room) {
+                continue;
+            }
             if let Ok((rk, _)) = self.join_slot(s, &room, false, Asker::Server) {
                 let r = &self.index.rooms[rk];
                 let msg = messages::joined(&r.name, r.members.len(), &r.epoch, r.seq);
@@ -200,7 +218,7 @@ impl Hub {
             }
         };
         if self.awaiting_auth(s) {
-            self.admit_identity(s, identity);
+            self.admit_identity(s, identity, now);
             return Ok(());
         }
         if self.conns[s].user.as_deref() != Some(identity.user.as_str()) {

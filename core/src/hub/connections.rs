@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::auth::Arrival;
-use super::conns::Conn;
+use super::conns::{Conn, Hello};
 use super::messages;
 use super::timers::Timer;
 use super::types::{
@@ -53,6 +53,28 @@ impl Closing {
         }
     }
 
+    /// The application refused the connection (`connect` hook): 4003, its message.
+    pub(crate) fn refused(text: String) -> Closing {
+        Closing {
+            code: code::FORBIDDEN,
+            text: Cow::Owned(text),
+            reason: DisconnectReason::Kicked {
+                code: code::FORBIDDEN,
+            },
+        }
+    }
+
+    /// The application did not answer the `connect` hook in time: try again later.
+    pub(crate) fn unavailable() -> Closing {
+        Closing {
+            code: code::TRY_AGAIN_LATER,
+            text: Cow::Borrowed("unavailable"),
+            reason: DisconnectReason::Kicked {
+                code: code::TRY_AGAIN_LATER,
+            },
+        }
+    }
+
     fn kicked(code: u16, text: Cow<'static, str>) -> Closing {
         Closing {
             code,
@@ -88,18 +110,16 @@ impl Hub {
         let conn = Conn::new(id, wire, user.clone(), req.metadata, now, bucket);
         self.conns.insert(conn);
         let s = id.slot();
+        if self.config.hooks.connect {
+            self.conns[s].hello = Some(Box::new(Hello {
+                headers: req.headers,
+                ..Hello::default()
+            }));
+        }
         match arrival {
-            Arrival::Open => {
-                let c = &self.conns[s];
-                let welcome =
-                    messages::welcome(&c.wire, user.as_deref(), None, &self.config.heartbeat);
-                if let Some(u) = &user {
-                    self.index.add_user(u, id);
-                }
-                self.send(id, &welcome);
-                self.fanout.event(Event::Connected { conn: id, user });
-            }
-            Arrival::Verified(identity) => self.admit_identity(s, identity),
+            Arrival::Open if self.conns[s].hello.is_some() => self.ask_connect(s, now),
+            Arrival::Open => self.welcome_admitted(s, Vec::new(), None),
+            Arrival::Verified(identity) => self.admit_identity(s, identity, now),
             Arrival::Pending => self.await_auth(s, now),
         }
         self.schedule_conn(id);
@@ -221,7 +241,7 @@ impl Hub {
     /// Removes a connection from every index and marks it closing.
     fn detach(&mut self, s: usize, reason: DisconnectReason, now: Timestamp) {
         let id = self.conns[s].id;
-        let was_pending = self.conns[s].awaiting_auth();
+        let was_pending = !self.conns[s].admitted();
         self.drop_parked(s);
         for rk in self.conns[s].rooms.clone() {
             self.remove_member(s, rk, now);
@@ -231,7 +251,7 @@ impl Hub {
         }
         self.conns.mark_closing(s);
         let user = self.conns[s].user.clone();
-        if let Some(u) = &user {
+        if let (Some(u), false) = (&user, was_pending) {
             self.index.remove_user(u, id);
         }
         match reason {

@@ -54,6 +54,20 @@ pub(crate) struct Conn {
     pub(crate) auth: Option<Box<ConnAuth>>,
     /// A request waiting for the application, and those queued behind it.
     pub(crate) parked: Option<Box<Parked>>,
+    /// Waiting for the application's `connect` decision (see [`Hello`]): no `welcome`
+    /// yet, invisible to everyone.
+    pub(crate) hello: Option<Box<Hello>>,
+}
+
+/// A connection the application has not admitted yet.
+#[derive(Debug, Default)]
+pub(crate) struct Hello {
+    /// Upgrade headers for the `connect` hook (taken when it is asked).
+    pub(crate) headers: Vec<(String, String)>,
+    /// Rooms to join once admitted (a token's `rooms` claim).
+    pub(crate) rooms: Vec<String>,
+    /// The application has been asked (before that, the connection waits for `auth`).
+    pub(crate) asked: bool,
 }
 
 impl Conn {
@@ -91,6 +105,7 @@ impl Conn {
             stamp: 0,
             auth: None,
             parked: None,
+            hello: None,
         }
     }
 
@@ -99,6 +114,11 @@ impl Conn {
         self.auth
             .as_ref()
             .is_some_and(|a| a.pending_until.is_some())
+    }
+
+    /// Welcomed: neither proving who it is nor waiting for the application's `connect`.
+    pub(crate) fn admitted(&self) -> bool {
+        !self.awaiting_auth() && self.hello.is_none()
     }
 
     /// Takes the identity a token proved: the user, and `info` shown with it to others.
@@ -195,7 +215,7 @@ impl Conns {
     pub(crate) fn open_slot(&self, id: ConnId) -> Result<usize, HubError> {
         let s = self.slot_of(id)?;
         // A connection still proving who it is is not there yet for the server API.
-        if self.slab[s].state == ConnState::Open && !self.slab[s].awaiting_auth() {
+        if self.slab[s].state == ConnState::Open && self.slab[s].admitted() {
             Ok(s)
         } else {
             Err(HubError::UnknownConnection(id))

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use super::connections::Closing;
 use super::messages;
 use super::types::{ConnId, ConnState, HubError, Output};
 use super::Hub;
@@ -25,6 +26,9 @@ use crate::time::Timestamp;
 /// Which operations the application decides, and how long it may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookConfig {
+    /// Ask before admitting a connection (after its token, if any): the answer may
+    /// refuse it (close 4003), or set its `user`, `info` and initial `rooms`.
+    pub connect: bool,
     /// Ask before a `join` (after caps and limits).
     pub join: bool,
     /// Ask before a `subscribe`.
@@ -44,6 +48,7 @@ pub struct HookConfig {
 impl Default for HookConfig {
     fn default() -> Self {
         HookConfig {
+            connect: false,
             join: false,
             subscribe: false,
             publish: false,
@@ -57,7 +62,7 @@ impl Default for HookConfig {
 impl HookConfig {
     /// True when any operation is decided by the application.
     pub fn any(&self) -> bool {
-        self.join || self.subscribe || self.publish || self.rpc
+        self.connect || self.join || self.subscribe || self.publish || self.rpc
     }
 }
 
@@ -86,6 +91,12 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Question {
+    /// May this connection come in, and as whom? (`user` and `info` in the
+    /// [`Decision`] are what it arrived with.)
+    Connect {
+        /// The upgrade headers the adapter was told to pass on (e.g. `Cookie`).
+        headers: Vec<(String, String)>,
+    },
     /// May it join this room?
     Join {
         /// The room.
@@ -122,6 +133,7 @@ impl Question {
     /// The hook's name: `join`, `subscribe`, `publish` or `rpc` (the HTTP path too).
     pub fn hook(&self) -> &'static str {
         match self {
+            Question::Connect { .. } => "connect",
             Question::Join { .. } => "join",
             Question::Subscribe { .. } => "subscribe",
             Question::Publish { .. } => "publish",
@@ -161,6 +173,7 @@ impl PartialEq for Question {
     fn eq(&self, other: &Question) -> bool {
         use Question::*;
         match (self, other) {
+            (Connect { headers }, Connect { headers: h2 }) => headers == h2,
             (
                 Join { room, presence },
                 Join {
@@ -225,6 +238,24 @@ impl Answer {
     /// Allow with `data`: a publish's replaced data, or an rpc's reply.
     pub fn with_data(data: Box<RawValue>) -> Answer {
         Answer::Allow { data: Some(data) }
+    }
+
+    /// Admits a connection (the `connect` hook) as `user` (`None`: as it came), with
+    /// `info` (a JSON object shown to others) and joined to `rooms`.
+    pub fn admit(user: Option<&str>, info: Option<&RawValue>, rooms: &[&str]) -> Answer {
+        let mut v = serde_json::json!({});
+        if let Some(u) = user {
+            v["user"] = u.into();
+        }
+        if let Some(i) = info {
+            v["info"] = serde_json::from_str(i.get()).unwrap_or(serde_json::Value::Null);
+        }
+        if !rooms.is_empty() {
+            v["rooms"] = rooms.into();
+        }
+        Answer::Allow {
+            data: RawValue::from_string(v.to_string()).ok(),
+        }
     }
 
     /// Refuse with an application error `code` (a valid name) and a message.
@@ -316,10 +347,13 @@ impl Hub {
             self.fanout.stats.decisions_late += 1;
             return Ok(());
         };
-        let Ok(s) = self.conns.open_slot(id) else {
+        // Any open connection: one waiting for its `connect` answer is not admitted yet.
+        let Ok(s) = self.conns.slot_of(id) else {
             return Ok(());
         };
-        if self.conns[s].parked.as_ref().map(|p| p.ticket) != Some(ticket) {
+        if self.conns[s].state != ConnState::Open
+            || self.conns[s].parked.as_ref().map(|p| p.ticket) != Some(ticket)
+        {
             return Ok(());
         }
         self.settle(s, answer, now);
@@ -341,21 +375,12 @@ impl Hub {
         } = *parked;
         self.tickets.remove(&ticket.0);
         let id = self.conns[s].id;
-        match answer {
-            Answer::Allow { data } => self.handle_request(s, &text, Some(Decided { data }), now),
-            Answer::Refuse { code, message } => {
-                let req_id = protocol::parse_request(&text).id;
-                self.refuse(id, req_id.as_ref(), &Rejection::application(&code, message));
+        if self.conns[s].hello.is_some() {
+            if !self.settle_connect(s, answer, now) {
+                return; // refused: closed
             }
-            Answer::Unavailable => {
-                let req_id = protocol::parse_request(&text).id;
-                let rej = Rejection::new(
-                    ErrorCode::Unavailable,
-                    "the application did not answer in time",
-                );
-                self.fanout.stats.decisions_timed_out += 1;
-                self.refuse(id, req_id.as_ref(), &rej);
-            }
+        } else {
+            self.settle_request(s, &text, answer, now);
         }
         while let Some(next) = queue.pop_front() {
             if self.conns[s].state != ConnState::Open || self.conns[s].id != id {
@@ -370,6 +395,90 @@ impl Hub {
             }
             self.handle_request(s, &next, None, now);
         }
+    }
+
+    /// Resolves a parked request (`text`) with `answer`.
+    fn settle_request(&mut self, s: usize, text: &str, answer: Answer, now: Timestamp) {
+        let id = self.conns[s].id;
+        match answer {
+            Answer::Allow { data } => self.handle_request(s, text, Some(Decided { data }), now),
+            Answer::Refuse { code, message } => {
+                let req_id = protocol::parse_request(text).id;
+                self.refuse(id, req_id.as_ref(), &Rejection::application(&code, message));
+            }
+            Answer::Unavailable => {
+                let req_id = protocol::parse_request(text).id;
+                let rej = Rejection::new(
+                    ErrorCode::Unavailable,
+                    "the application did not answer in time",
+                );
+                self.fanout.stats.decisions_timed_out += 1;
+                self.refuse(id, req_id.as_ref(), &rej);
+            }
+        }
+    }
+
+    /// Asks the application whether slot `s` may come in.
+    pub(crate) fn ask_connect(&mut self, s: usize, now: Timestamp) {
+        let Some(h) = self.conns[s].hello.as_deref_mut() else {
+            return;
+        };
+        h.asked = true;
+        let headers = std::mem::take(&mut h.headers);
+        self.park(s, "", Question::Connect { headers }, now);
+    }
+
+    /// Resolves slot `s`'s `connect`: admitted (as the answer says) and welcomed, or
+    /// closed (4003 refused, 1013 no answer). True when admitted.
+    fn settle_connect(&mut self, s: usize, answer: Answer, now: Timestamp) -> bool {
+        // Closed while still not admitted: it never was (no Disconnected).
+        let data = match answer {
+            Answer::Allow { data } => data,
+            Answer::Refuse { message, .. } => {
+                let reason = messages::truncate_reason(&message).to_owned();
+                self.close_conn(s, Closing::refused(reason), now);
+                return false;
+            }
+            Answer::Unavailable => {
+                self.fanout.stats.decisions_timed_out += 1;
+                self.close_conn(s, Closing::unavailable(), now);
+                return false;
+            }
+        };
+        let hello = self.conns[s].hello.take().expect("checked by the caller");
+        #[derive(serde::Deserialize, Default)]
+        struct Admit<'a> {
+            #[serde(default)]
+            user: Option<String>,
+            #[serde(borrow, default)]
+            info: Option<&'a RawValue>,
+            #[serde(default)]
+            rooms: Vec<String>,
+        }
+        let admit: Admit<'_> = data
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d.get()).ok())
+            .unwrap_or_default();
+        let info = admit
+            .info
+            .filter(|i| i.get().starts_with('{') && i.get().len() <= crate::auth::MAX_INFO_LEN);
+        let kept_info = self.conns[s].auth.as_deref().and_then(|a| a.info.clone());
+        let info: Option<Box<str>> = info.map(|i| i.get().into()).or(kept_info);
+        let user = admit
+            .user
+            .filter(|u| protocol::valid_name(u))
+            .map(Arc::<str>::from)
+            .or_else(|| self.conns[s].user.clone());
+        if let Some(u) = user {
+            self.conns[s].set_identity(u, info.as_deref());
+        }
+        if let Some(a) = self.conns[s].auth.as_deref_mut() {
+            a.info = info.clone();
+        }
+        let mut rooms = hello.rooms;
+        rooms.extend(admit.rooms);
+        self.welcome_admitted(s, rooms, info.as_deref());
+        true
     }
 
     /// When slot `s`'s parked request runs out of time.

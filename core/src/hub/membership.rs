@@ -278,7 +278,8 @@ impl Membership {
                     .expect("conn points at a live channel");
                 assert!(ch.subscribers.contains(&s), "channel lacks subscriber");
             }
-            if let (ConnState::Open, Some(u)) = (c.state, &c.user) {
+            // (one the application has not admitted yet is not there yet)
+            if let (ConnState::Open, Some(u), true) = (c.state, &c.user, c.admitted()) {
                 assert!(self.users[u].contains(&c.id), "user index lacks conn");
             }
         }

@@ -64,7 +64,7 @@ pub(crate) fn message(
 pub(crate) fn welcome(
     wire: &str,
     user: Option<&str>,
-    info: Option<&RawValue>,
+    info: Option<&str>,
     hb: &HeartbeatConfig,
 ) -> Outgoing {
     Outgoing::build(|b| {
@@ -75,7 +75,7 @@ pub(crate) fn welcome(
         protocol::write_opt_str(b, user);
         if let Some(info) = info {
             b.extend_from_slice(b",\"info\":");
-            b.extend_from_slice(info.get().as_bytes());
+            b.extend_from_slice(info.as_bytes());
         }
         b.extend_from_slice(b",\"heartbeat\":{\"interval_ms\":");
         protocol::write_u64(b, hb.interval_ms);

@@ -151,7 +151,7 @@ impl Hub {
         let msg = messages::message(Via::Direct, p.event, None, p.data);
         let mut delivered = 0;
         for (_, c) in self.conns.iter_mut() {
-            if c.state != ConnState::Open || p.exclude.contains(&c.id) || c.awaiting_auth() {
+            if c.state != ConnState::Open || p.exclude.contains(&c.id) || !c.admitted() {
                 continue;
             }
             delivered += 1;

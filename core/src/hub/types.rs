@@ -434,4 +434,7 @@ pub struct ConnectRequest {
     pub token: Option<String>,
     /// Application metadata (e.g. remote address, user agent).
     pub metadata: BTreeMap<String, String>,
+    /// Upgrade request headers handed to the application's `connect` hook (the
+    /// adapter passes only those it was told to, e.g. `Cookie`).
+    pub headers: Vec<(String, String)>,
 }

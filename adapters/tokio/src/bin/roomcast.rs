@@ -203,10 +203,11 @@ struct Args {
     )]
     api_key: Option<String>,
 
-    /// Let an HTTP backend decide: roomcast POSTs JSON to URL/join, URL/subscribe,
-    /// URL/publish, URL/rpc and URL/disconnect (those in --proxy-hooks); the backend
-    /// answers 200 with {} (allow), {"error":{"code","message"}} (refuse) and optionally
-    /// "data" (a publish's replaced data, an rpc's answer). http:// only.
+    /// Let an HTTP backend decide: roomcast POSTs JSON to URL/connect, URL/join,
+    /// URL/subscribe, URL/publish, URL/rpc and URL/disconnect (those in --proxy-hooks);
+    /// the backend answers 200 with {} (allow), {"error":{"code","message"}} (refuse)
+    /// and optionally "data" (a publish's replaced data, an rpc's answer) or, for
+    /// connect, "user", "info", "rooms". http:// only.
     #[arg(long, env = "ROOMCAST_PROXY_URL", value_name = "URL")]
     proxy_url: Option<String>,
 
@@ -216,9 +217,19 @@ struct Args {
         env = "ROOMCAST_PROXY_HOOKS",
         value_name = "HOOKS",
         value_delimiter = ',',
-        default_value = "join,subscribe,publish,rpc,disconnect"
+        default_value = "connect,join,subscribe,publish,rpc,disconnect"
     )]
     proxy_hooks: Vec<String>,
+
+    /// Upgrade request headers the connect hook receives (comma-separated, e.g.
+    /// `Cookie,Authorization`); none by default.
+    #[arg(
+        long,
+        env = "ROOMCAST_PROXY_HEADERS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    proxy_headers: Vec<String>,
 
     /// How long the backend may take before the request is refused `unavailable`.
     #[arg(
@@ -455,6 +466,12 @@ impl Args {
             let proxy = ProxyHooks::new(url, hooks, self.proxy_timeout, self.proxy_max_in_flight)
                 .map_err(|e| format!("--proxy-url: {e}"))?;
             config = config.with_hooks(proxy);
+            config.hook_headers = self
+                .proxy_headers
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect();
         }
         let hub = &mut config.hub;
         hub.rate_limit.burst = self.rate_limit_burst;

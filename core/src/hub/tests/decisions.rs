@@ -363,3 +363,169 @@ fn server_side_membership_is_told_to_the_connection() {
         vec![json!({"type":"left","room":"stage","reason":"room_removed"})]
     );
 }
+
+fn connect_hooked(timeout_ms: u64) -> T {
+    hooked(HookConfig {
+        connect: true,
+        timeout_ms,
+        ..HookConfig::default()
+    })
+}
+
+impl T {
+    /// Admits a connection into a hub with a connect hook: nothing comes before the
+    /// answer (returns the id and the decision).
+    fn arrive(&mut self, user: Option<&str>, headers: Vec<(String, String)>) -> (ConnId, Decision) {
+        let id = self
+            .hub
+            .connect(
+                Timestamp(self.now),
+                ConnectRequest {
+                    user: user.map(str::to_owned),
+                    headers,
+                    ..Default::default()
+                },
+            )
+            .expect("admitted to wait");
+        self.drain();
+        assert!(
+            self.take(id).is_empty(),
+            "no welcome before the application answers"
+        );
+        (id, self.decision())
+    }
+}
+
+#[test]
+fn the_application_admits_a_connection_as_whom_it_says() {
+    let mut t = connect_hooked(1_000);
+    let cookie = vec![("cookie".to_owned(), "session=eve".to_owned())];
+    let (a, d) = t.arrive(Some("anon"), cookie.clone());
+    assert_eq!(d.question, Question::Connect { headers: cookie });
+    assert_eq!(d.user.as_deref(), Some("anon"));
+    // invisible while it waits: no server join, no broadcast, no user
+    assert!(t.hub.join(Timestamp(0), a, "x", false).is_err());
+    assert_eq!(
+        t.hub
+            .broadcast(Timestamp(0), "e", None, &[])
+            .unwrap()
+            .delivered,
+        0
+    );
+    assert!(t.hub.user_connections("anon").is_empty());
+    // a request sent early waits for the admission
+    t.send(a, json!({"type":"join","room":"mine","id":1}));
+    assert!(t.take(a).is_empty());
+    let info = raw(r#"{"plan":"pro"}"#);
+    t.answer(d.ticket, Answer::admit(Some("eve"), Some(&info), &["news"]));
+    let got = t.take(a);
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(got[0]["user"], "eve");
+    assert_eq!(got[0]["info"], json!({"plan":"pro"}));
+    assert_eq!(
+        (got[1]["type"].clone(), got[1]["room"].clone()),
+        (json!("joined"), json!("news"))
+    );
+    assert_eq!(
+        (got[2]["type"].clone(), got[2]["id"].clone()),
+        (json!("ack"), json!(1))
+    );
+    assert_eq!(t.hub.user_connections("eve"), &[a]);
+    assert!(t.hub.user_connections("anon").is_empty());
+    assert!(t
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == a)));
+    // others see the application's identity
+    let (b, d) = t.arrive(None, Vec::new());
+    t.answer(d.ticket, Answer::admit(None, None, &["news"]));
+    t.take(b);
+    let r = t.ask(
+        a,
+        json!({"type":"publish","room":"news","event":"hi","id":2}),
+    );
+    assert_eq!(r["type"], "ack");
+    let m = t.take(b);
+    assert_eq!(m[0]["from"]["user"], "eve");
+    assert_eq!(m[0]["from"]["info"], json!({"plan":"pro"}));
+}
+
+#[test]
+fn a_refused_or_unanswered_connection_is_closed_and_never_was() {
+    let mut t = connect_hooked(300);
+    let (a, d) = t.arrive(None, Vec::new());
+    t.answer(d.ticket, Answer::refuse("banned", "you were banned"));
+    assert_eq!(t.closes, vec![(a, 4003, "you were banned".to_owned())]);
+    let (b, _) = t.arrive(None, Vec::new());
+    t.advance(300);
+    assert_eq!(t.closes[1], (b, 1013, "unavailable".to_owned()));
+    for id in [a, b] {
+        t.hub
+            .handle_disconnect(
+                Timestamp(t.now),
+                id,
+                DisconnectReason::Closed { code: None },
+            )
+            .unwrap();
+    }
+    t.drain();
+    assert!(
+        !t.events
+            .iter()
+            .any(|e| matches!(e, Event::Connected { .. } | Event::Disconnected { .. })),
+        "no Disconnected without Connected: {:?}",
+        t.events
+    );
+    assert!(t.hub.is_empty());
+}
+
+#[test]
+fn with_tokens_the_application_is_asked_after_the_token() {
+    use crate::auth::{AuthConfig, KeySet, Verifier};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    let mut keys = KeySet::new();
+    keys.add_secret(SECRET).unwrap();
+    let mut t = T::with(HubConfig {
+        hooks: HookConfig {
+            connect: true,
+            ..HookConfig::default()
+        },
+        auth: Some(std::sync::Arc::new(Verifier::new(AuthConfig {
+            keys,
+            ..AuthConfig::default()
+        }))),
+        clock_unix_ms: 1_900_000_000_000,
+        heartbeat: HeartbeatConfig {
+            server_pings: false,
+            ..HeartbeatConfig::default()
+        },
+        ..HubConfig::default()
+    });
+    let token = encode(
+        &Header::default(),
+        &json!({"sub": "ada", "exp": 1_900_000_600u64, "rooms": ["team"]}),
+        &EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap();
+    let a = t
+        .hub
+        .connect(Timestamp(0), ConnectRequest::default())
+        .unwrap();
+    t.drain();
+    assert!(t.decisions.is_empty(), "nothing asked before the token");
+    t.send(a, json!({"type":"auth","token": token}));
+    assert!(t.take(a).is_empty());
+    let d = t.decision();
+    assert_eq!(d.user.as_deref(), Some("ada"));
+    t.answer(d.ticket, Answer::allow());
+    let got = t.take(a);
+    assert_eq!(
+        (got[0]["type"].clone(), got[0]["user"].clone()),
+        (json!("welcome"), json!("ada"))
+    );
+    assert_eq!(
+        got[1]["room"], "team",
+        "the token's rooms claim, once admitted"
+    );
+}
