@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The `[build] command` of wrangler.toml: builds build/worker/shim.mjs + the wasm module
-# with worker-build, using local tools so nothing is downloaded at build time:
+# The `[build] command` of wrangler.toml: builds the browser package into ../www/pkg (an
+# asset the demo page needs) and build/worker/shim.mjs + the wasm module with
+# worker-build, using local tools so nothing is downloaded at build time:
 #   WASM_BINDGEN_BIN  wasm-bindgen CLI, same version as Cargo.lock's wasm-bindgen (0.2.130)
 #   WASM_OPT_BIN      wasm-opt from npm binaryen (node_modules/.bin/wasm-opt)
 #   ESBUILD_BIN       esbuild that comes with wrangler (node_modules/.bin/esbuild)
@@ -33,4 +34,7 @@ if [[ -n "$want" && "$have" != "$want" ]]; then
 	exit 1
 fi
 
+# The assets wrangler uploads (../www) include the browser package the demo loads: build
+# it too, so `npx wrangler deploy` from a fresh clone uploads a working page.
+../scripts/build-wasm.sh
 exec worker-build --release

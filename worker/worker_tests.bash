@@ -21,7 +21,12 @@ worker_tests() {
 			CLOUDFLARE_CF_FETCH_ENABLED=false XDG_CONFIG_HOME="$tmp/xdg" \
 			bounded 600 node_modules/.bin/wrangler deploy --dry-run --outdir "$tmp/dist"
 	) >"$logs/deploy-dry-run.log" 2>&1 || rc=$?
-	if [[ $rc -ne 0 || ! -f "$tmp/dist/shim.js" ]] || ! compgen -G "$tmp/dist/*.wasm" >/dev/null; then
+	# what it uploads: the Worker, its wasm, and the demo with its browser package (4
+	# files were all it read once: the page without pkg/)
+	local read_files
+	read_files="$(sed -n 's/.*Read \([0-9]*\) files from the assets directory.*/\1/p' "$logs/deploy-dry-run.log")"
+	if [[ $rc -ne 0 || ! -f "$tmp/dist/shim.js" ]] || ! compgen -G "$tmp/dist/*.wasm" >/dev/null ||
+		[[ ! -f "$ROOT/www/pkg/roomcast_browser_bg.wasm" || "${read_files:-0}" -lt 9 ]]; then
 		cat "$logs/deploy-dry-run.log" >&2
 		count 0 1 0
 		rm -rf "$tmp"
