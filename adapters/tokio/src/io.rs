@@ -218,6 +218,42 @@ impl OutQueue {
     }
 }
 
+/// A socket's write side that can be cut off with a reset. A connection whose close could
+/// not be delivered within its bound (a slow consumer's kernel buffers full) is aborted:
+/// SO_LINGER 0, then dropped, sends RST and frees what the kernel still held for it at
+/// once, instead of leaving megabytes in FIN-WAIT-1 for minutes.
+pub(crate) trait Abort {
+    /// Makes the coming close a reset (a no-op where there is no TCP socket).
+    fn abort(&self);
+}
+
+fn zero_linger(stream: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO)) {
+        tracing::trace!("SO_LINGER 0 failed: {e}");
+    }
+}
+
+impl Abort for tokio::net::tcp::OwnedWriteHalf {
+    fn abort(&self) {
+        zero_linger(self.as_ref());
+    }
+}
+
+impl Abort for SharedWriter {
+    fn abort(&self) {
+        zero_linger(self.stream());
+    }
+}
+
+/// Upgrades served by another framework's connection type: nothing to reset here.
+impl<T> Abort for tokio::io::WriteHalf<T> {
+    fn abort(&self) {}
+}
+
+impl Abort for tokio::io::DuplexStream {
+    fn abort(&self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

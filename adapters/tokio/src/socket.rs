@@ -25,7 +25,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, error, trace};
 
 use crate::commands::{Command, SocketGuard};
-use crate::io::{poll_read_into, OutQueue, SharedWriter};
+use crate::io::{poll_read_into, Abort, OutQueue, SharedWriter};
 use crate::metrics::Metrics;
 use crate::outbox::{OutboxRx, Piece, Taken, Unreported};
 use crate::shutdown::ShutdownWait;
@@ -139,7 +139,7 @@ async fn run_guarded<R, W>(
     guard: SocketGuard,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + Abort,
 {
     run(reader, writer, early, mode, params).await;
     drop(guard);
@@ -373,7 +373,7 @@ async fn run<R, W>(
     params: Arc<SocketParams>,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + Abort,
 {
     let (hub, mut rx, mut shutdown, bench) = match mode {
         Mode::Hub {
@@ -503,7 +503,7 @@ async fn run<R, W>(
 async fn finish<R, W>(mut s: Socket, mut reader: R, mut writer: W, ending: Ending)
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + Abort,
 {
     if matches!(ending, Ending::Finished) {
         let deadline = s
@@ -517,6 +517,11 @@ where
             })
             .await;
         }
+    }
+    if !s.out.is_empty() {
+        // What we meant to send (our close frame at least) never left: the peer is not
+        // reading, and the kernel holds its backlog. Reset rather than linger with it.
+        writer.abort();
     }
     drop(writer);
     drop(reader);

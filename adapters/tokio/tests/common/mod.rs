@@ -307,6 +307,12 @@ impl RawWs {
         RawWs { stream, buf }
     }
 
+    /// The TCP stream underneath (for tests that look below the frames).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     /// Sends one frame, masked or not, with FIN set.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
         let mut f = vec![0x80 | opcode];
