@@ -660,10 +660,7 @@ impl Client {
         if !protocol::valid_name(name) || !protocol::valid_name(event) {
             return Err(ClientError::BadName);
         }
-        let data = match data {
-            Some(d) => Some(RawValue::from_string(d.to_owned()).map_err(|_| ClientError::BadData)?),
-            None => None,
-        };
+        let data = checked_data(data)?;
         let id = self.id();
         let mut text = String::with_capacity(64);
         text.push_str("{\"type\":\"publish\",\"id\":");
@@ -677,10 +674,7 @@ impl Client {
         text.push_str(&serde_json::to_string(value).expect("strings serialize"));
         text.push_str(",\"event\":");
         text.push_str(&serde_json::to_string(event).expect("strings serialize"));
-        if let Some(d) = &data {
-            text.push_str(",\"data\":");
-            text.push_str(d.get());
-        }
+        push_data(&mut text, data.as_deref());
         if echo {
             text.push_str(",\"echo\":true");
         }
@@ -726,20 +720,14 @@ impl Client {
         if !protocol::valid_name(method) {
             return Err(ClientError::BadName);
         }
-        let data = match data {
-            Some(d) => Some(RawValue::from_string(d.to_owned()).map_err(|_| ClientError::BadData)?),
-            None => None,
-        };
+        let data = checked_data(data)?;
         let id = self.id();
         let mut text = String::with_capacity(64);
         text.push_str("{\"type\":\"rpc\",\"id\":");
         text.push_str(&id.to_string());
         text.push_str(",\"method\":");
         text.push_str(&serde_json::to_string(method).expect("strings serialize"));
-        if let Some(d) = &data {
-            text.push_str(",\"data\":");
-            text.push_str(d.get());
-        }
+        push_data(&mut text, data.as_deref());
         text.push('}');
         self.request_or_queue(id, Pending::Other, text);
         Ok(id)
@@ -1309,6 +1297,20 @@ impl Client {
             }
             Phase::Closed => {}
         }
+    }
+}
+
+/// `data` as raw JSON, or [`ClientError::BadData`] if it is not JSON.
+fn checked_data(data: Option<&str>) -> Result<Option<Box<RawValue>>, ClientError> {
+    data.map(|d| RawValue::from_string(d.to_owned()).map_err(|_| ClientError::BadData))
+        .transpose()
+}
+
+/// Appends `,"data":DATA` to a request's text when there is data.
+fn push_data(text: &mut String, data: Option<&RawValue>) {
+    if let Some(d) = data {
+        text.push_str(",\"data\":");
+        text.push_str(d.get());
     }
 }
 

@@ -395,10 +395,15 @@ pub struct RoomcastService {
 }
 
 /// Implements hyper's and tower's `Service` for a handle type whose `async fn` answers a
-/// request: the two traits differ only in `&self` vs `&mut self` and readiness.
+/// request: the two traits differ only in `&self` vs `&mut self` and readiness. The body
+/// type's bounds are the handler's (the WebSocket endpoint takes any body; the whole
+/// service reads the API's bodies).
 macro_rules! roomcast_service {
-    ($ty:ty, $method:ident) => {
-        impl<B: Send + 'static> hyper::service::Service<Request<B>> for $ty {
+    ($ty:ty, $method:ident, $($bounds:tt)+) => {
+        impl<B> hyper::service::Service<Request<B>> for $ty
+        where
+            $($bounds)+
+        {
             type Response = Response<Full<Bytes>>;
             type Error = Infallible;
             type Future = ResponseFuture;
@@ -409,7 +414,10 @@ macro_rules! roomcast_service {
             }
         }
 
-        impl<B: Send + 'static> tower_service::Service<Request<B>> for $ty {
+        impl<B> tower_service::Service<Request<B>> for $ty
+        where
+            $($bounds)+
+        {
             type Response = Response<Full<Bytes>>;
             type Error = Infallible;
             type Future = ResponseFuture;
@@ -425,42 +433,14 @@ macro_rules! roomcast_service {
     };
 }
 
-roomcast_service!(WsHandler, upgrade);
-
-impl<B> hyper::service::Service<Request<B>> for RoomcastService
-where
+roomcast_service!(WsHandler, upgrade, B: Send + 'static);
+roomcast_service!(
+    RoomcastService,
+    route,
     B: http_body::Body + Send + 'static,
     B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn call(&self, req: Request<B>) -> Self::Future {
-        let rc = self.rc.clone();
-        Box::pin(async move { Ok(rc.route(req).await) })
-    }
-}
-
-impl<B> tower_service::Service<Request<B>> for RoomcastService
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        hyper::service::Service::call(&*self, req)
-    }
-}
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>
+);
 
 #[cfg(test)]
 mod tests {
