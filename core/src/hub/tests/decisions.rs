@@ -288,6 +288,55 @@ fn a_connection_closing_while_it_waits_leaves_nothing_behind() {
         .unwrap();
     t.answer(d.ticket, Answer::allow());
     assert!(t.hub.is_empty(), "no room made by a late allow");
+    assert_eq!(t.hub.stats().decisions_late, 1, "its ticket went with it");
+}
+
+#[test]
+fn what_waits_behind_stops_when_the_connection_closes() {
+    // The queue behind a parked request closes the connection (a message over the
+    // size limit is refused at once, so use a rate-limit-free close: an `auth` with a
+    // bad token on a hub with keys); nothing after it is answered.
+    use crate::auth::{AuthConfig, KeySet, Verifier};
+    let mut keys = KeySet::new();
+    keys.add_secret(b"0123456789abcdef0123456789abcdef")
+        .unwrap();
+    let mut t = T::with(HubConfig {
+        hooks: HookConfig {
+            rpc: true,
+            ..HookConfig::default()
+        },
+        auth: Some(std::sync::Arc::new(Verifier::new(AuthConfig {
+            keys,
+            ..AuthConfig::default()
+        }))),
+        heartbeat: HeartbeatConfig {
+            server_pings: false,
+            ..HeartbeatConfig::default()
+        },
+        ..HubConfig::default()
+    });
+    let tok = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "ada", "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef").unwrap(),
+    )
+    .unwrap();
+    let (a, _) = t.connect_with(ConnectRequest {
+        token: Some(tok),
+        ..Default::default()
+    });
+    t.send(a, json!({"type":"rpc","method":"m","id":1}));
+    t.send(a, json!({"type":"auth","token":"not.a.token","id":2}));
+    t.send(a, json!({"type":"ping","id":3}));
+    let d = t.decision();
+    t.answer(d.ticket, Answer::allow());
+    let got = t.take(a);
+    assert_eq!(
+        got.len(),
+        1,
+        "the rpc's ack, then the close; no pong: {got:?}"
+    );
+    assert_eq!(t.closes, vec![(a, 4001, "unauthorized".to_owned())]);
 }
 
 #[test]
@@ -436,6 +485,14 @@ fn the_application_admits_a_connection_as_whom_it_says() {
         .events
         .iter()
         .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == a)));
+    // an `info` that is not a JSON object is not shown
+    let (c, d) = t.arrive(None, Vec::new());
+    t.answer(
+        d.ticket,
+        Answer::admit(Some("cy"), Some(&raw("[1,2]")), &[]),
+    );
+    let w = t.take(c);
+    assert!(w[0].get("info").is_none(), "{w:?}");
     // others see the application's identity
     let (b, d) = t.arrive(None, Vec::new());
     t.answer(d.ticket, Answer::admit(None, None, &["news"]));
@@ -459,6 +516,7 @@ fn a_refused_or_unanswered_connection_is_closed_and_never_was() {
     let (b, _) = t.arrive(None, Vec::new());
     t.advance(300);
     assert_eq!(t.closes[1], (b, 1013, "unavailable".to_owned()));
+    assert_eq!(t.hub.stats().decisions_timed_out, 1);
     for id in [a, b] {
         t.hub
             .handle_disconnect(
