@@ -14,14 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
+use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use roomcast_core::hub::{Answer, DisconnectReason, HookConfig};
+use roomcast_core::hub::{
+    disconnect_request, hook_answer, hook_request, Answer, DisconnectReason, HookCaller,
+    HookConfig, Question,
+};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
@@ -162,16 +165,13 @@ impl ProxyHooks {
             };
             let answer = tokio::time::timeout(timeout, async {
                 let resp = client.request(req).await.map_err(|e| e.to_string())?;
-                let status = resp.status();
+                let status = resp.status().as_u16();
                 let body = Limited::new(resp.into_body(), MAX_ANSWER)
                     .collect()
                     .await
                     .map_err(|e| e.to_string())?
                     .to_bytes();
-                if status != StatusCode::OK {
-                    return Err(format!("answered {status}"));
-                }
-                read_answer(&body, hook == ProxyHook::Connect)
+                hook_answer(hook.name(), status, &body).map_err(|e| e.to_string())
             })
             .await;
             match answer {
@@ -188,64 +188,23 @@ impl ProxyHooks {
         })
     }
 
+    /// Asks the backend `question` (the body and the answer's reading are the core's).
+    fn ask(&self, hook: ProxyHook, who: &Caller, question: &Question) -> HookFuture<Answer> {
+        self.call(hook, hook_request(&caller(who), question))
+    }
+
     fn on(&self, hook: ProxyHook) -> bool {
         self.hooks.contains(&hook)
     }
 }
 
-/// The backend's 200 body as an answer: `{}`, `{"data":…}` or `{"error":{…}}`; for
-/// `connect`, `user`, `info` and `rooms` instead of `data`.
-fn read_answer(body: &[u8], connect: bool) -> Result<Answer, String> {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        #[serde(default)]
-        error: Option<RawError>,
-        #[serde(default)]
-        data: Option<Box<RawValue>>,
-        #[serde(default)]
-        user: Option<String>,
-        #[serde(default)]
-        info: Option<Box<RawValue>>,
-        #[serde(default)]
-        rooms: Vec<String>,
+/// The core's view of who is asking.
+fn caller(c: &Caller) -> HookCaller<'_> {
+    HookCaller {
+        wire_id: &c.wire_id,
+        user: c.user.as_deref(),
+        info: c.info.as_deref(),
     }
-    #[derive(serde::Deserialize)]
-    struct RawError {
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    if body.trim_ascii_start().first() != Some(&b'{') {
-        return Err("answer is not a JSON object".into());
-    }
-    let raw: Raw =
-        serde_json::from_slice(body).map_err(|e| format!("answer is not a JSON object: {e}"))?;
-    Ok(match (raw.error, connect) {
-        (Some(e), _) => Answer::Refuse {
-            code: e.code,
-            message: e.message,
-        },
-        (None, true) => {
-            let rooms: Vec<&str> = raw.rooms.iter().map(String::as_str).collect();
-            Answer::admit(raw.user.as_deref(), raw.info.as_deref(), &rooms)
-        }
-        (None, false) => Answer::Allow { data: raw.data },
-    })
-}
-
-/// The fields every call carries: who is asking.
-fn caller_fields(c: &Caller) -> Value {
-    let info = c
-        .info
-        .as_deref()
-        .and_then(|i| serde_json::from_str::<Value>(i).ok())
-        .unwrap_or(Value::Null);
-    json!({"conn": c.wire_id, "user": c.user, "info": info})
-}
-
-fn raw_json(data: Option<&RawValue>) -> Value {
-    data.and_then(|d| serde_json::from_str(d.get()).ok())
-        .unwrap_or(Value::Null)
 }
 
 impl Hooks for ProxyHooks {
@@ -265,55 +224,37 @@ impl Hooks for ProxyHooks {
         }
     }
 
-    fn connect(&self, caller: Caller, headers: Vec<(String, String)>) -> HookFuture<Answer> {
-        let mut body = caller_fields(&caller);
-        let headers: serde_json::Map<String, Value> = headers
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v)))
-            .collect();
-        body["headers"] = Value::Object(headers);
-        self.call(ProxyHook::Connect, body)
+    fn connect(&self, who: Caller, headers: Vec<(String, String)>) -> HookFuture<Answer> {
+        self.ask(ProxyHook::Connect, &who, &Question::Connect { headers })
     }
 
-    fn join(&self, caller: Caller, room: String, presence: bool) -> HookFuture<Answer> {
-        let mut body = caller_fields(&caller);
-        body["room"] = room.into();
-        body["presence"] = presence.into();
-        self.call(ProxyHook::Join, body)
+    fn join(&self, who: Caller, room: String, presence: bool) -> HookFuture<Answer> {
+        self.ask(ProxyHook::Join, &who, &Question::Join { room, presence })
     }
 
-    fn subscribe(&self, caller: Caller, channel: String) -> HookFuture<Answer> {
-        let mut body = caller_fields(&caller);
-        body["channel"] = channel.into();
-        self.call(ProxyHook::Subscribe, body)
+    fn subscribe(&self, who: Caller, channel: String) -> HookFuture<Answer> {
+        self.ask(ProxyHook::Subscribe, &who, &Question::Subscribe { channel })
     }
 
-    fn publish(&self, caller: Caller, p: PublishRequest) -> HookFuture<Answer> {
-        let mut body = caller_fields(&caller);
-        body[p.target_kind] = p.target.into();
-        body["event"] = p.event.into();
-        body["data"] = raw_json(p.data.as_deref());
-        self.call(ProxyHook::Publish, body)
+    fn publish(&self, who: Caller, p: PublishRequest) -> HookFuture<Answer> {
+        let q = Question::Publish {
+            target_kind: p.target_kind,
+            target: p.target,
+            event: p.event,
+            data: p.data,
+        };
+        self.ask(ProxyHook::Publish, &who, &q)
     }
 
-    fn rpc(
-        &self,
-        caller: Caller,
-        method: String,
-        data: Option<Box<RawValue>>,
-    ) -> HookFuture<Answer> {
-        let mut body = caller_fields(&caller);
-        body["method"] = method.into();
-        body["data"] = raw_json(data.as_deref());
-        self.call(ProxyHook::Rpc, body)
+    fn rpc(&self, who: Caller, method: String, data: Option<Box<RawValue>>) -> HookFuture<Answer> {
+        self.ask(ProxyHook::Rpc, &who, &Question::Rpc { method, data })
     }
 
-    fn disconnected(&self, caller: Caller, reason: DisconnectReason) {
+    fn disconnected(&self, who: Caller, reason: DisconnectReason) {
         if !self.on(ProxyHook::Disconnect) {
             return;
         }
-        let mut body = caller_fields(&caller);
-        body["reason"] = reason.as_str().into();
+        let body = disconnect_request(&caller(&who), reason.as_str());
         let call = self.call(ProxyHook::Disconnect, body);
         tokio::spawn(async move {
             let _ = call.await;
@@ -324,26 +265,6 @@ impl Hooks for ProxyHooks {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers_read_as_the_protocol_says() {
-        assert_eq!(read_answer(b"{}", false).unwrap(), Answer::allow());
-        assert_eq!(
-            read_answer(br#"{"data":{"text":"***"}}"#, false).unwrap(),
-            Answer::with_data(RawValue::from_string(r#"{"text":"***"}"#.into()).unwrap())
-        );
-        assert_eq!(
-            read_answer(br#"{"error":{"code":"banned","message":"no"}}"#, false).unwrap(),
-            Answer::refuse("banned", "no")
-        );
-        assert!(read_answer(b"[]", false).is_err());
-        assert!(read_answer(b"nope", false).is_err());
-        let info = RawValue::from_string(r#"{"n":1}"#.into()).unwrap();
-        assert_eq!(
-            read_answer(br#"{"user":"eve","info":{"n":1},"rooms":["a"]}"#, true).unwrap(),
-            Answer::admit(Some("eve"), Some(&info), &["a"])
-        );
-    }
 
     #[test]
     fn urls_and_hook_names_are_checked() {

@@ -35,6 +35,7 @@ mod input;
 mod members;
 mod membership;
 mod messages;
+mod proxy_wire;
 mod publish;
 mod registry;
 mod server_api;
@@ -45,6 +46,7 @@ mod types;
 pub use config::{HeartbeatConfig, HistoryConfig, HubConfig};
 pub use decisions::{Answer, Decision, HookConfig, Question, Ticket};
 pub use input::{Handled, Input, Recipient};
+pub use proxy_wire::{disconnect_request, hook_answer, hook_request, HookAnswerError, HookCaller};
 pub use snapshot::{
     AuthSnapshot, ChannelSnapshot, ConnSnapshot, HistorySnapshot, RoomGrantSnapshot,
     RoomMembership, RoomSnapshot,
