@@ -35,14 +35,14 @@ declare -A MIN_PASSED=(
 	[prereqs]=1
 	[fmt]=1
 	[clippy]=1
-	[cargo_test]=323
+	[cargo_test]=327
 	[wasm_build]=1
 	[wasm_test]=3        # core/tests/wasm.rs
 	[scenarios]=440      # 220 twice: multi-threaded and --threads 1
 	[adversarial]=33     # 28, then 5 again on one thread
 	[autobahn]=602       # 301 of the 517 cases in each role (216 compression cases: skipped)
 	[browser]=12         # 7 wasm-bindgen tests in Chromium, 5 Playwright
-	[worker]=198         # dry-run 1, scenarios 218 - 24 skipped, hibernation 2, e2e 1
+	[worker]=207         # dry-run 1, scenarios 228 - 23 skipped, hibernation 3, e2e 1
 	[fuzz]=7
 	[bench_smoke]=1
 )

@@ -44,7 +44,7 @@ worker_tests() {
 		[ORIGIN]="ROOMCAST_ALLOWED_ORIGIN:http://good.example"
 		[ROOM_LIMIT]="ROOMCAST_MAX_ROOM_MEMBERS:1"
 		[NO_ROOM_CREATION]="ROOMCAST_NO_ROOM_CREATION:true"
-		[HIBERNATION]="ROOMCAST_HISTORY_AGE:30s"
+		[HIBERNATION]="ROOMCAST_HISTORY_AGE:30s ROOMCAST_API_KEY:test-api-key-0123456789"
 		[AUTH]="ROOMCAST_DEMO_TOKENS:true"
 		[AUTH_DENY]="ROOMCAST_AUTH_DENY_BY_DEFAULT:true"
 		# several variables: space-separated (values have no spaces)
@@ -61,10 +61,21 @@ worker_tests() {
 		--var "ROOMCAST_AUTH_AUDIENCE:roomcast-tests"
 		--var "ROOMCAST_AUTH_ISSUER:https://issuer.test"
 	)
+	# The application's backend for the hook profiles: tests/scenarios/hook_backend.py as
+	# its own process (the Worker calls it with fetch; the tests read what it recorded),
+	# and a port nobody listens on for the backend-down profile.
+	local free='import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+	local hook_port dead_port hook_pid
+	hook_port="$("$PY" -c "$free")"
+	dead_port="$("$PY" -c "$free")"
+	"$PY" "$ROOT/tests/scenarios/hook_backend.py" "$hook_port" >"$logs/hook-backend.log" 2>&1 &
+	hook_pid=$!
+	vars[HOOKS]="ROOMCAST_PROXY_URL:http://127.0.0.1:$hook_port/hooks ROOMCAST_PROXY_TIMEOUT:500ms ROOMCAST_PROXY_HEADERS:Cookie"
+	vars[HOOKS_DOWN]="ROOMCAST_PROXY_URL:http://127.0.0.1:$dead_port ROOMCAST_PROXY_TIMEOUT:300ms ROOMCAST_PROXY_HOOKS:join,rpc"
 	local -A port pid
 	local name p
 	for name in "${!vars[@]}"; do
-		p="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+		p="$("$PY" -c "$free")"
 		port[$name]=$p
 		local args=()
 		if [[ $name == AUTH* ]]; then args=("${auth_vars[@]}"); fi
@@ -75,6 +86,14 @@ worker_tests() {
 		pid[$name]=$!
 	done
 	local deadline=$((SECONDS + 240))
+	until grep -q "^listening on http://127.0.0.1:$hook_port$" "$logs/hook-backend.log"; do
+		if ! kill -0 "$hook_pid" 2>/dev/null || ((SECONDS > deadline)); then
+			echo "the hook backend did not start; log: $logs/hook-backend.log" >&2
+			rc=1
+			break
+		fi
+		sleep 0.2
+	done
 	for name in "${!vars[@]}"; do
 		until grep -q "^listening on http://127.0.0.1:${port[$name]}$" "$logs/$name.log"; do
 			if ! kill -0 "${pid[$name]}" 2>/dev/null || ((SECONDS > deadline)); then
@@ -104,6 +123,9 @@ worker_tests() {
 				ROOMCAST_WS_URL_AUTH="ws://127.0.0.1:${port[AUTH]}$hub" \
 				ROOMCAST_WS_URL_AUTH_DENY="ws://127.0.0.1:${port[AUTH_DENY]}$hub" \
 				ROOMCAST_WS_URL_API="ws://127.0.0.1:${port[API]}$hub" \
+				ROOMCAST_WS_URL_HOOKS="ws://127.0.0.1:${port[HOOKS]}$hub" \
+				ROOMCAST_WS_URL_HOOKS_DOWN="ws://127.0.0.1:${port[HOOKS_DOWN]}$hub" \
+				ROOMCAST_HOOK_BACKEND="http://127.0.0.1:$hook_port" \
 				ROOMCAST_AUTH_KEYS="$keys" \
 				bounded 1200 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" "${extra[@]}"
 		) || rc=$?
@@ -111,7 +133,7 @@ worker_tests() {
 		(
 			cd tests/worker
 			ROOMCAST_WS_URL="ws://127.0.0.1:${port[HIBERNATION]}/hub/hibernation/ws" \
-				ROOMCAST_HISTORY_AGE_S=30 \
+				ROOMCAST_HISTORY_AGE_S=30 ROOMCAST_API_KEY=test-api-key-0123456789 \
 				bounded 600 "$PY" -m pytest -q -p no:cacheprovider \
 				--junitxml="$ARTIFACTS/worker-hibernation.xml"
 		) || rc=$?
@@ -126,6 +148,8 @@ worker_tests() {
 	for name in "${!pid[@]}"; do
 		wait "${pid[$name]}" 2>/dev/null || true
 	done
+	kill -TERM "$hook_pid" 2>/dev/null || true
+	wait "$hook_pid" 2>/dev/null || true
 	unset ROOMCAST_WORKER_PREBUILT
 	rm -rf "$tmp"
 	return "$rc"

@@ -68,8 +68,9 @@ CAPABILITIES: dict[str, dict[str, str | None]] = {
     "prompt_api_close": {
         "native": None,
         "worker": "a close the Durable Object decides while serving an HTTP request (the "
-        "server API's disconnect) reaches the client only when its socket next has "
-        "traffic, or ~15 s later (local workerd 1.20261117; worker/README.md)",
+        "server API's disconnect, a connect hook's refusal) reaches the client only when "
+        "its socket next has traffic, or ~10-15 s later (local workerd 1.20261117; "
+        "worker/README.md)",
     },
     "spawn_configured": {
         "native": None,

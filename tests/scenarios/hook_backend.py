@@ -15,18 +15,26 @@ Rules it applies (the scenarios check each one through a real server):
 - disconnect: recorded (best effort) so a test can see it arrived.
 
 Every call is recorded in `calls`, as roomcast sent it.
+
+Run as a program (`python hook_backend.py PORT`) it serves the same rules on that port
+for a server started elsewhere (the Worker under wrangler dev), and answers
+`GET /calls?hook=NAME` with the calls it recorded, so the tests read them over HTTP
+(`RemoteBackend`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class HookBackend:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.calls: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         self.slow_seconds = 3.0
@@ -37,6 +45,21 @@ class HookBackend:
 
             def log_message(self, *args) -> None:  # quiet
                 pass
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                if url.path != "/calls":
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                hook = urllib.parse.parse_qs(url.query).get("hook", [""])[0]
+                raw = json.dumps(backend.calls_of(hook)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
@@ -60,7 +83,7 @@ class HookBackend:
                 except BrokenPipeError:
                     pass  # roomcast gave up waiting (the slow hook): expected
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -119,3 +142,32 @@ class HookBackend:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class RemoteBackend:
+    """A HookBackend running as its own process (`python hook_backend.py PORT`), as the
+    tests see it: its hook URL and the calls it recorded."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/hooks"
+
+    def calls_of(self, hook: str) -> list[dict]:
+        q = urllib.parse.urlencode({"hook": hook})
+        with urllib.request.urlopen(f"{self.base}/calls?{q}", timeout=10) as r:
+            return json.load(r)
+
+    def close(self) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    backend = HookBackend(int(sys.argv[1]))
+    print(f"listening on http://127.0.0.1:{backend.server.server_address[1]}", flush=True)
+    try:
+        backend.thread.join()
+    except KeyboardInterrupt:
+        pass

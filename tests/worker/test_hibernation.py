@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import urllib.error
+import urllib.request
 
+import pytest
 from rc import Client, is_msg, is_presence, uid
 
 HEARTBEAT = '{"type":"ping"}'
@@ -105,6 +109,56 @@ async def test_rooms_users_subscriptions_and_seq_survive_eviction(hub_url, evict
     finally:
         for c in (ann, bob, *others):
             await c.close()
+
+
+def api(hub_url: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """The hub's server HTTP API (`/hub/NAME/api/...`), with the instance's key."""
+    key = os.environ.get("ROOMCAST_API_KEY")
+    base = hub_url.replace("ws://", "http://", 1).removesuffix("/ws") + "/api"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {key}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+async def test_what_the_server_api_made_survives_eviction(hub_url, evict_after):
+    """Rooms the API made (with their data, even empty) and channel links survive the
+    object's eviction; observed by a connection id of a new hub instance."""
+    if not os.environ.get("ROOMCAST_API_KEY"):
+        pytest.skip("ROOMCAST_API_KEY unset: the instance has no server API")
+    room, chan = uid("stage"), uid("chan")
+    call = asyncio.to_thread
+    status, r = await call(api, hub_url, "PUT", f"/rooms/{room}", {"data": {"topic": "news"}})
+    assert status == 200, r
+    epoch = r["epoch"]
+    assert (await call(api, hub_url, "PUT", f"/channels/{chan}/rooms/{room}"))[0] == 200
+    status, r = await call(api, hub_url, "POST", "/publish", {"room": room, "event": "e", "data": 1})
+    assert (status, r["seq"]) == (200, 1), r
+    before = await Client.open(hub_url)
+    first = before.conn
+    await before.close()
+
+    await asyncio.sleep(evict_after)  # no socket open: nothing keeps the object awake
+
+    c = await Client.open(hub_url)
+    try:
+        assert instance(c.conn) != instance(first), (
+            f"the hub was not rebuilt after {evict_after}s idle ({c.conn} vs {first})"
+        )
+        status, r = await call(api, hub_url, "GET", f"/rooms/{room}")
+        assert status == 200, r
+        assert (r["data"], r["epoch"], r["seq"]) == ({"topic": "news"}, epoch, 1), r
+        await c.ok({"type": "join", "room": room})
+        status, r = await call(api, hub_url, "POST", "/publish", {"channel": chan, "event": "via"})
+        assert (status, r) == (200, {"delivered": 1}), "the channel link was kept"
+        assert (await c.expect(is_msg("via")))["channel"] == chan
+    finally:
+        await c.close()
 
 
 async def _expires(url: str, age: float, keep_awake: bool) -> None:

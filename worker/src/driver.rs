@@ -19,13 +19,15 @@ use std::sync::Arc;
 
 use roomcast_core::api::{self, ApiRequest, ApiResponse};
 use roomcast_core::hub::{
-    Answer, ConnId, ConnSnapshot, ConnectError, ConnectRequest, Destination, DisconnectReason,
-    Event, HistoryConfig, HubConfig, HubError, Output, Published, RoomSnapshot,
+    Answer, ConnId, ConnSnapshot, ConnectError, ConnectRequest, Decision, Destination,
+    DisconnectReason, Event, HistoryConfig, HubConfig, HubError, Output, Published, RoomSnapshot,
+    Ticket,
 };
 use roomcast_core::{Hub, Timestamp};
 use thiserror::Error;
 
 use crate::attachment::{self, Attachment, AttachmentError};
+use crate::hooks::{Caller, Departure};
 
 /// Close code for a socket whose state could not be restored: its client reconnects
 /// (and rejoins with recovery) instead of talking to a hub that does not know it.
@@ -164,6 +166,15 @@ pub struct Driver {
     stored_rooms: BTreeSet<Arc<str>>,
     /// An API call changed rooms or channels: the server state is saved at the next flush.
     server_state_dirty: bool,
+    /// Whether the application answers decisions ([`Driver::with_hooks`]); without it a
+    /// request the hub parks is refused `unavailable` at once.
+    hooked: bool,
+    /// Whether departures are collected for the application's `disconnected`.
+    tell_departures: bool,
+    /// Parked requests the application has not been asked yet ([`Driver::take_asks`]).
+    asks: Vec<Decision>,
+    /// Connections gone since the last [`Driver::take_departures`].
+    departures: Vec<Departure>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -192,7 +203,40 @@ impl Driver {
             spilled: BTreeSet::new(),
             stored_rooms: BTreeSet::new(),
             server_state_dirty: false,
+            hooked: false,
+            tell_departures: false,
+            asks: Vec::new(),
+            departures: Vec::new(),
         }
+    }
+
+    /// Hands the hub's decisions to the application: [`Driver::flush`] collects them for
+    /// [`Driver::take_asks`] (and, with `departures`, the connections that left for
+    /// [`Driver::take_departures`]) instead of refusing them `unavailable`.
+    pub fn with_hooks(mut self, departures: bool) -> Driver {
+        self.hooked = true;
+        self.tell_departures = departures;
+        self
+    }
+
+    /// The requests to ask the application about, oldest first. Each answer goes back
+    /// through [`Driver::decided`], in any order, late or never (the hub's deadline
+    /// refuses what is not answered in time).
+    pub fn take_asks(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.asks)
+    }
+
+    /// The connections that left since the last call (with hooks that want to know).
+    pub fn take_departures(&mut self) -> Vec<Departure> {
+        std::mem::take(&mut self.departures)
+    }
+
+    /// The application's answer to a parked request; flush afterwards. An answer that
+    /// comes after the hub's deadline (or after its connection left) is dropped and
+    /// counted late by the hub.
+    pub fn decided(&mut self, now: Timestamp, ticket: Ticket, answer: Answer) {
+        self.now = now;
+        let _ = self.hub.handle_decision(now, ticket, answer);
     }
 
     /// Answers a server HTTP API call (the key was checked by the caller); anything but a
@@ -414,8 +458,9 @@ impl Driver {
                 }
                 // Never produced with `server_pings: false`; workerd answers protocol pings.
                 Output::Ping { .. } | Output::Forward(_) => {}
-                // The Worker has no hooks yet, so its hub config turns none on and the
-                // hub asks nothing; were it to, refuse rather than leave it hanging.
+                Output::Decide(d) if self.hooked => self.asks.push(*d),
+                // No application to ask (its hub config turns no hook on, so this does
+                // not happen): refuse rather than leave the request hanging.
                 Output::Decide(d) => {
                     let _ = self.hub.handle_decision(now, d.ticket, Answer::Unavailable);
                 }
@@ -485,7 +530,22 @@ impl Driver {
                     errors.push(e);
                 }
             }
-            Event::Disconnected { conn, .. } => {
+            Event::Disconnected {
+                conn,
+                wire_id,
+                user,
+                reason,
+            } => {
+                if self.tell_departures {
+                    self.departures.push(Departure {
+                        caller: Caller {
+                            conn: wire_id.into(),
+                            user: user.as_deref().map(str::to_owned),
+                            info: None,
+                        },
+                        reason: reason.as_str(),
+                    });
+                }
                 self.dirty.remove(&conn);
                 if self.spilled.remove(&conn) {
                     if let Err(e) = store.delete_conn(conn) {

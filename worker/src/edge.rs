@@ -9,13 +9,17 @@
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use roomcast_core::api::{self, ApiRequest, ApiResponse};
 use roomcast_core::auth::{demo_token_answer, AuthError};
 use roomcast_core::close;
 use roomcast_core::handshake::{self, Reject, RejectReason};
 use roomcast_core::hub::{
-    ConnId, ConnectError, ConnectRequest, HistoryConfig, HistorySnapshot, RoomSnapshot,
+    Answer, ConnId, ConnectError, ConnectRequest, HistoryConfig, HistorySnapshot, RoomSnapshot,
+    Ticket,
 };
 use roomcast_core::protocol::{HEARTBEAT_PING, HEARTBEAT_PONG};
 use roomcast_core::Timestamp;
@@ -31,6 +35,7 @@ use crate::attachment;
 use crate::driver::{
     Driver, SavedSocket, SocketError, Sockets, Store, StoreError, StoredMessage, CLOSE_STATE_LOST,
 };
+use crate::hooks::{Caller, EdgeHooks, HookFuture};
 use crate::route::{self, Route};
 use crate::settings::{Settings, SettingsError};
 
@@ -459,7 +464,13 @@ pub struct HubObject {
     alarm_at: Cell<Option<u64>>,
     /// The hub's deadline after the last flush.
     want_alarm: Cell<Option<u64>>,
+    /// The application's hooks (`app::hooks`), if any.
+    hooks: Option<Rc<dyn EdgeHooks>>,
 }
+
+/// What a flush left for the application: the hook calls to make, each ending with the
+/// answer to hand back (`None` for an after-the-fact call).
+type Work = Vec<HookFuture<Option<(Ticket, Answer)>>>;
 
 impl HubObject {
     fn sql(&self) -> SqlStore {
@@ -512,20 +523,72 @@ impl HubObject {
             .filter(|(_, skip)| !skip)
             .filter_map(|((ws, s), _)| Some((s.conn?, ws)))
             .collect();
+        let driver = if self.hooks.is_some() {
+            restored.driver.with_hooks(true)
+        } else {
+            restored.driver
+        };
         Ok(Live {
-            driver: restored.driver,
+            driver,
             sockets: SocketMap(map),
         })
     }
 
     /// Drains the hub and remembers its next deadline for [`HubObject::arm_alarm`].
-    fn flush(&self, live: &mut Live) {
+    /// Returns the hook calls the flush asked for, for [`HubObject::settle`]: taken here,
+    /// in the same borrow, so each handler settles what its own input caused.
+    fn flush(&self, live: &mut Live) -> Work {
         let Live { driver, sockets } = live;
         for e in driver.flush(sockets, &mut self.sql()) {
             console_error!("roomcast: {e}");
         }
         self.want_alarm
             .set(driver.deadline().map(Timestamp::as_millis));
+        let mut work: Work = Vec::new();
+        let Some(hooks) = &self.hooks else {
+            return work;
+        };
+        for d in driver.take_asks() {
+            let ticket = d.ticket;
+            let call = hooks.decide(Caller::of(&d), d.question);
+            work.push(Box::pin(async move { Some((ticket, call.await)) }));
+        }
+        for gone in driver.take_departures() {
+            if let Some(call) = hooks.disconnected(gone.caller, gone.reason) {
+                work.push(Box::pin(async move {
+                    call.await;
+                    None
+                }));
+            }
+        }
+        work
+    }
+
+    /// Runs the hook calls of `work` while the object goes on serving other events
+    /// (workerd interleaves them at this await), hands each answer back as it comes, and
+    /// runs what those answers release (the next request a connection queued behind a
+    /// parked one). Calls are bounded by their own timeout; the hub's deadline (the
+    /// alarm) refuses what still has no answer.
+    async fn settle(&self, work: Work) {
+        let mut calls: FuturesUnordered<_> = work.into_iter().collect();
+        while let Some(done) = calls.next().await {
+            let Some((ticket, answer)) = done else {
+                continue;
+            };
+            let now = now();
+            let more = match self.live(now) {
+                Ok(mut live) => {
+                    live.driver.decided(now, ticket, answer);
+                    self.flush(&mut live)
+                }
+                Err(e) => {
+                    console_error!("roomcast: hook answer: {e}");
+                    Vec::new()
+                }
+            };
+            calls.extend(more);
+            self.arm_alarm().await;
+        }
     }
 
     /// Points the object's one alarm at the hub's deadline. `set_alarm` takes an offset
@@ -562,13 +625,14 @@ impl HubObject {
     async fn ended(&self, ws: &WebSocket, code: u16, answer: bool) -> Result<()> {
         if let Some(conn) = self.conn_of(ws) {
             let now = now();
-            {
+            let work = {
                 let mut live = self.live(now)?;
                 let _ = live.driver.closed(now, conn, code);
                 live.sockets.forget(conn);
-                self.flush(&mut live);
-            }
+                self.flush(&mut live)
+            };
             self.arm_alarm().await;
+            self.settle(work).await;
         }
         if answer {
             let reply = if code == close::code::NO_STATUS {
@@ -584,27 +648,9 @@ impl HubObject {
     }
 }
 
-impl DurableObject for HubObject {
-    fn new(state: State, env: Env) -> Self {
-        let settings = read_settings(&env);
-        // Heartbeats are answered by workerd without waking the hub, so idle hubs sleep.
-        match WebSocketRequestResponsePair::new(HEARTBEAT_PING, HEARTBEAT_PONG) {
-            Ok(pair) => state.set_websocket_auto_response(&pair),
-            Err(e) => console_error!("roomcast: auto-response: {e:?}"),
-        }
-        if let Err(e) = SqlStore(state.storage().sql()).create_schema() {
-            console_error!("roomcast: schema: {e}");
-        }
-        HubObject {
-            state,
-            settings,
-            live: RefCell::new(None),
-            alarm_at: Cell::new(None),
-            want_alarm: Cell::new(None),
-        }
-    }
-
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
+impl HubObject {
+    /// An HTTP request to this hub: the server API or a socket upgrade.
+    async fn serve(&self, mut req: Request) -> Result<Response> {
         let settings = match &self.settings {
             Ok(s) => s,
             Err(e) => return misconfigured(e),
@@ -619,7 +665,7 @@ impl DurableObject for HubObject {
                 let body = req.bytes().await?;
                 let now = now();
                 let method = req.method().to_string();
-                let answer = {
+                let (answer, work) = {
                     let mut live = self.live(now)?;
                     let a = live.driver.api(
                         now,
@@ -630,10 +676,10 @@ impl DurableObject for HubObject {
                             body: &body,
                         },
                     );
-                    self.flush(&mut live);
-                    a
+                    (a, self.flush(&mut live))
                 };
                 self.arm_alarm().await;
+                self.settle(work).await;
                 return json_answer(&answer);
             }
         }
@@ -647,9 +693,17 @@ impl DurableObject for HubObject {
             Some(Ok(u)) => Some(u),
             Some(Err(_)) => return reject(&Reject::new(400, RejectReason::BadUser)),
         };
+        let headers = match &settings.proxy {
+            Some(p) => p
+                .headers
+                .iter()
+                .filter_map(|h| Some((h.clone(), req.headers().get(h).ok()??)))
+                .collect(),
+            None => Vec::new(),
+        };
         let pair = WebSocketPair::new()?;
         let now = now();
-        {
+        let work = {
             let mut live = self.live(now)?;
             let token = match core_req.query_param("token") {
                 None => None,
@@ -659,6 +713,7 @@ impl DurableObject for HubObject {
             let request = ConnectRequest {
                 user,
                 token,
+                headers,
                 ..ConnectRequest::default()
             };
             let conn = match live.driver.connect(now, request) {
@@ -675,14 +730,47 @@ impl DurableObject for HubObject {
             self.state
                 .accept_websocket_with_tags(&pair.server, &[&attachment::tag(conn)]);
             live.sockets.0.insert(conn, pair.server);
-            self.flush(&mut live);
-        }
+            self.flush(&mut live)
+        };
         self.arm_alarm().await;
+        // A connect hook answers before the upgrade completes (welcome or close 4003
+        // follow it at once).
+        self.settle(work).await;
         let mut resp = Response::from_websocket(pair.client)?;
         if let Some(p) = accept.protocol {
             resp.headers_mut().set("Sec-WebSocket-Protocol", &p)?;
         }
         Ok(resp)
+    }
+}
+
+impl DurableObject for HubObject {
+    fn new(state: State, env: Env) -> Self {
+        let mut settings = read_settings(&env);
+        let hooks = settings.as_ref().ok().and_then(crate::app::hooks);
+        if let (Ok(s), Some(h)) = (&mut settings, &hooks) {
+            s.hub.hooks = h.decides();
+        }
+        // Heartbeats are answered by workerd without waking the hub, so idle hubs sleep.
+        match WebSocketRequestResponsePair::new(HEARTBEAT_PING, HEARTBEAT_PONG) {
+            Ok(pair) => state.set_websocket_auto_response(&pair),
+            Err(e) => console_error!("roomcast: auto-response: {e:?}"),
+        }
+        if let Err(e) = SqlStore(state.storage().sql()).create_schema() {
+            console_error!("roomcast: schema: {e}");
+        }
+        HubObject {
+            state,
+            settings,
+            live: RefCell::new(None),
+            alarm_at: Cell::new(None),
+            want_alarm: Cell::new(None),
+            hooks,
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        self.serve(req).await
     }
 
     async fn websocket_message(
@@ -694,7 +782,7 @@ impl DurableObject for HubObject {
             return Ok(());
         };
         let now = now();
-        {
+        let work = {
             let mut live = self.live(now)?;
             // Err: the hub no longer knows this socket (it closed it); drop the message.
             let _ = match &message {
@@ -703,9 +791,10 @@ impl DurableObject for HubObject {
                     live.driver.binary(now, conn, bytes.len())
                 }
             };
-            self.flush(&mut live);
-        }
+            self.flush(&mut live)
+        };
         self.arm_alarm().await;
+        self.settle(work).await;
         Ok(())
     }
 
@@ -728,12 +817,13 @@ impl DurableObject for HubObject {
     async fn alarm(&self) -> Result<Response> {
         let now = now();
         self.alarm_at.set(None); // it just fired
-        {
+        let work = {
             let mut live = self.live(now)?;
             live.driver.timeout(now);
-            self.flush(&mut live);
-        }
+            self.flush(&mut live)
+        };
         self.arm_alarm().await;
+        self.settle(work).await;
         Response::ok("")
     }
 }

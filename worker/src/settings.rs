@@ -46,7 +46,45 @@ pub const VARIABLES: &[&str] = &[
     "ROOMCAST_RATE_LIMIT_BURST",
     "ROOMCAST_RATE_LIMIT_PER_SECOND",
     "ROOMCAST_RATE_LIMIT_GRACE",
+    "ROOMCAST_PROXY_URL",
+    "ROOMCAST_PROXY_HOOKS",
+    "ROOMCAST_PROXY_HEADERS",
+    "ROOMCAST_PROXY_TIMEOUT",
+    "ROOMCAST_PROXY_MAX_IN_FLIGHT",
 ];
+
+/// The hooks `ROOMCAST_PROXY_HOOKS` may name, in the order of its default (all).
+pub const PROXY_HOOKS: [&str; 6] = [
+    "connect",
+    "join",
+    "subscribe",
+    "publish",
+    "rpc",
+    "disconnect",
+];
+
+/// The application's HTTP backend (`ROOMCAST_PROXY_*`, the same variables as the native
+/// `--proxy-*` flags): roomcast `fetch`es `URL/{hook}` with the core's hook bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// The base URL (`http://` or `https://`), without a trailing slash.
+    pub url: String,
+    /// Which hooks it answers (names of [`PROXY_HOOKS`]); default all.
+    pub hooks: Vec<&'static str>,
+    /// Upgrade headers the `connect` hook receives (`ROOMCAST_PROXY_HEADERS`).
+    pub headers: Vec<String>,
+    /// How long a call may take before the request is refused `unavailable` (default 1 s).
+    pub timeout_ms: u64,
+    /// Calls in flight at once per hub; past it `unavailable` (default 256).
+    pub max_in_flight: usize,
+}
+
+impl ProxySettings {
+    /// Whether `hook` goes to the backend.
+    pub fn has(&self, hook: &str) -> bool {
+        self.hooks.contains(&hook)
+    }
+}
 
 /// A variable that could not be understood. Deploying with a typo must fail loudly (every
 /// upgrade answers 500 naming the variable) rather than silently run with defaults.
@@ -74,6 +112,8 @@ pub struct Settings {
     /// Demo tokens minted at `/hub/{name}/demo/token` (`ROOMCAST_DEMO_TOKENS`; demos
     /// only: anyone gets a token for any name).
     pub demo_tokens: Option<DemoTokens>,
+    /// The application's hook backend (`ROOMCAST_PROXY_URL`), if any.
+    pub proxy: Option<ProxySettings>,
 }
 
 impl Settings {
@@ -170,8 +210,10 @@ impl Settings {
                     .collect()
             })
             .unwrap_or_default();
+        let proxy = proxy_settings(&get)?;
         Ok(Settings {
             hub,
+            proxy,
             policy: ServerPolicy {
                 allowed_origins,
                 subprotocols: vec![SUBPROTOCOL.to_owned()],
@@ -231,6 +273,67 @@ fn demo_tokens(
             get("ROOMCAST_AUTH_ISSUER").map(|(_, v)| v),
         ),
     ))
+}
+
+/// `ROOMCAST_PROXY_URL` and the variables that shape it (ignored without the URL).
+fn proxy_settings(
+    get: &impl Fn(&'static str) -> Option<(&'static str, String)>,
+) -> Result<Option<ProxySettings>, SettingsError> {
+    let Some((name, url)) = get("ROOMCAST_PROXY_URL") else {
+        return Ok(None);
+    };
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if !scheme_ok
+        || url
+            .split_once("://")
+            .is_none_or(|(_, rest)| rest.is_empty())
+    {
+        return Err(bad(name, &url, "give http(s)://HOST[:PORT][/PATH]"));
+    }
+    let hooks = match get("ROOMCAST_PROXY_HOOKS") {
+        None => PROXY_HOOKS.to_vec(),
+        Some((name, v)) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                PROXY_HOOKS.into_iter().find(|k| *k == h).ok_or_else(|| {
+                    bad(
+                        name,
+                        &v,
+                        format!("unknown hook {h:?}: one of {}", PROXY_HOOKS.join(", ")),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let headers = get("ROOMCAST_PROXY_HEADERS")
+        .map(|(_, v)| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let timeout_ms = match get("ROOMCAST_PROXY_TIMEOUT") {
+        Some((name, v)) => match parse_millis(name, &v)? {
+            0 => return Err(bad(name, &v, "must be more than zero")),
+            ms => ms,
+        },
+        None => 1000,
+    };
+    let max_in_flight = match get("ROOMCAST_PROXY_MAX_IN_FLIGHT") {
+        Some((name, v)) => parse_count(name, &v, 1)?,
+        None => 256,
+    };
+    Ok(Some(ProxySettings {
+        url: url.trim_end_matches('/').to_owned(),
+        hooks,
+        headers,
+        timeout_ms,
+        max_in_flight,
+    }))
 }
 
 /// Names the variable at fault, never its value (a secret in an error page or a log is
@@ -473,5 +576,47 @@ mod tests {
         assert_eq!(e.name, "ROOMCAST_AUTH_PUBLIC_KEY");
         let e = with(&[("ROOMCAST_AUTH_ISSUER", "iss")]).unwrap_err();
         assert!(e.problem.contains("need an auth secret"), "{e}");
+    }
+
+    #[test]
+    fn proxy_variables_read_as_the_native_flags() {
+        assert_eq!(with(&[]).unwrap().proxy, None);
+        let p = with(&[("ROOMCAST_PROXY_URL", "http://127.0.0.1:9/hooks/")])
+            .unwrap()
+            .proxy
+            .unwrap();
+        assert_eq!(p.url, "http://127.0.0.1:9/hooks");
+        assert_eq!(p.hooks, PROXY_HOOKS.to_vec());
+        assert_eq!((p.timeout_ms, p.max_in_flight), (1000, 256));
+        assert!(p.headers.is_empty());
+        let p = with(&[
+            ("ROOMCAST_PROXY_URL", "https://app.example/rc"),
+            ("ROOMCAST_PROXY_HOOKS", "join, rpc"),
+            ("ROOMCAST_PROXY_HEADERS", "Cookie, Authorization"),
+            ("ROOMCAST_PROXY_TIMEOUT", "500ms"),
+            ("ROOMCAST_PROXY_MAX_IN_FLIGHT", "8"),
+        ])
+        .unwrap()
+        .proxy
+        .unwrap();
+        assert!(p.has("join") && p.has("rpc") && !p.has("connect") && !p.has("disconnect"));
+        assert_eq!(
+            p.headers,
+            vec!["Cookie".to_owned(), "Authorization".to_owned()]
+        );
+        assert_eq!((p.timeout_ms, p.max_in_flight), (500, 8));
+        for (var, value) in [
+            ("ROOMCAST_PROXY_URL", "ftp://x"),
+            ("ROOMCAST_PROXY_URL", "http://"),
+            ("ROOMCAST_PROXY_HOOKS", "join,leave"),
+            ("ROOMCAST_PROXY_TIMEOUT", "0s"),
+            ("ROOMCAST_PROXY_MAX_IN_FLIGHT", "0"),
+        ] {
+            let mut vars = vec![(var, value)];
+            if var != "ROOMCAST_PROXY_URL" {
+                vars.push(("ROOMCAST_PROXY_URL", "http://127.0.0.1:9"));
+            }
+            assert_eq!(with(&vars).unwrap_err().name, var, "{var}={value}");
+        }
     }
 }

@@ -239,6 +239,8 @@ struct Object {
     store: SqliteStore,
     now: u64,
     seeds: u8,
+    /// The driver collects decisions and departures ([`Driver::with_hooks`]).
+    hooked: bool,
 }
 
 impl Object {
@@ -250,6 +252,7 @@ impl Object {
             store: SqliteStore::default(),
             now: 1_000_000,
             seeds: 0,
+            hooked: false,
         }
     }
 
@@ -273,7 +276,11 @@ impl Object {
             assert!(r.errors.is_empty(), "{:?}", r.errors);
             assert!(r.lost.is_empty(), "{:?}", r.lost);
             r.driver.hub().check_invariants();
-            self.driver = Some(r.driver);
+            self.driver = Some(if self.hooked {
+                r.driver.with_hooks(true)
+            } else {
+                r.driver
+            });
         }
         self.driver.as_mut().unwrap()
     }
@@ -906,4 +913,261 @@ fn what_the_api_made_outlives_an_eviction() {
     o.evict();
     assert_eq!(o.api("GET", "/rooms/empty", Value::Null).0, 404);
     assert_eq!(o.api("GET", "/rooms/stage", Value::Null).0, 200);
+}
+
+// --- the application's hooks, as Rust compiled into the Worker ---------------------
+
+use crate::hooks::{EdgeHooks, HookFuture};
+use roomcast_core::hub::{HookConfig, Question};
+use serde_json::value::RawValue;
+
+/// Rules an application could compile into its Worker: `vip-*` rooms for `boss` only,
+/// "darn" masked in published text, an `add` rpc, `hang` never answered, a `session=`
+/// cookie naming the user at connect.
+struct RoomRules;
+
+impl EdgeHooks for RoomRules {
+    fn decides(&self) -> HookConfig {
+        HookConfig {
+            connect: true,
+            join: true,
+            publish: true,
+            rpc: true,
+            timeout_ms: 500,
+            ..HookConfig::default()
+        }
+    }
+
+    fn decide(&self, caller: Caller, question: Question) -> HookFuture<Answer> {
+        let answer = match question {
+            Question::Connect { headers } => {
+                let session = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+                    .and_then(|(_, v)| v.strip_prefix("session="));
+                match session {
+                    Some("banned") => Answer::refuse("banned", "go away"),
+                    Some(name) => {
+                        let info = RawValue::from_string(r#"{"via":"cookie"}"#.into()).unwrap();
+                        Answer::admit(Some(name), Some(&info), &["lobby"])
+                    }
+                    None => Answer::allow(),
+                }
+            }
+            Question::Join { room, .. }
+                if room.starts_with("vip-") && caller.user.as_deref() != Some("boss") =>
+            {
+                Answer::refuse("members_only", "vip rooms are for the boss")
+            }
+            Question::Publish { data: Some(d), .. } if d.get().contains("darn") => {
+                let masked = d.get().replace("darn", "****");
+                Answer::with_data(RawValue::from_string(masked).unwrap())
+            }
+            Question::Rpc { method, data } if method == "add" => {
+                let v: Value = serde_json::from_str(data.unwrap().get()).unwrap();
+                let sum = v["a"].as_i64().unwrap() + v["b"].as_i64().unwrap();
+                Answer::with_data(RawValue::from_string(sum.to_string()).unwrap())
+            }
+            Question::Rpc { method, .. } if method == "hang" => {
+                return Box::pin(std::future::pending());
+            }
+            Question::Rpc { method, .. } => Answer::refuse("no_such_method", &method),
+            _ => Answer::allow(),
+        };
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn disconnected(&self, _: Caller, _: &'static str) -> Option<HookFuture<()>> {
+        None
+    }
+}
+
+impl Object {
+    /// Connects as `user` through the connect hook; returns once welcomed.
+    fn admit(&mut self, user: &str, hooks: &dyn EdgeHooks) -> ConnId {
+        let (id, first) = self.connect_with(ConnectRequest {
+            user: Some(user.to_owned()),
+            ..ConnectRequest::default()
+        });
+        assert!(first.is_empty(), "no welcome before the hook answers");
+        self.settle(hooks);
+        assert_eq!(self.sockets.take(id)[0]["type"], "welcome");
+        id
+    }
+
+    fn hooked(hooks: &dyn EdgeHooks) -> Object {
+        let mut config = history_config(10);
+        config.hooks = hooks.decides();
+        let mut o = Object::new(config);
+        o.hooked = true;
+        o
+    }
+
+    /// What the Durable Object does after a flush: ask the hooks, hand back each answer
+    /// that is ready (a pending one is a hook that hangs), flush, until nothing is asked.
+    fn settle(&mut self, hooks: &dyn EdgeHooks) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let asks = self.live().take_asks();
+            if asks.is_empty() {
+                return;
+            }
+            for d in asks {
+                let mut fut = hooks.decide(Caller::of(&d), d.question);
+                if let std::task::Poll::Ready(a) = fut.as_mut().poll(&mut cx) {
+                    let now = Timestamp(self.now);
+                    self.live().decided(now, d.ticket, a);
+                }
+            }
+            self.flush();
+        }
+    }
+}
+
+fn error_code(replies: &[Value]) -> &str {
+    replies
+        .iter()
+        .find(|m| m["type"] == "error")
+        .unwrap_or_else(|| panic!("no error in {replies:?}"))["code"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn rust_hooks_compiled_into_the_worker_decide_joins_publishes_rpc_and_connects() {
+    let hooks = RoomRules;
+    let mut o = Object::hooked(&hooks);
+    let guest = o.admit("guest", &hooks);
+    let boss = o.admit("boss", &hooks);
+
+    assert!(
+        o.send(guest, json!({"type":"join","room":"vip-1","id":1}))
+            .is_empty(),
+        "parked"
+    );
+    o.settle(&hooks);
+    assert_eq!(error_code(&o.sockets.take(guest)), "members_only");
+    o.send(boss, json!({"type":"join","room":"vip-1","id":1}));
+    o.settle(&hooks);
+    assert_eq!(ack(&o.sockets.take(boss))["members"], 1);
+    o.send(guest, json!({"type":"join","room":"open","id":2}));
+    o.send(boss, json!({"type":"join","room":"open","id":2}));
+    o.settle(&hooks);
+    o.sockets.take(guest);
+    o.sockets.take(boss);
+
+    o.send(
+        guest,
+        json!({"type":"publish","room":"open","event":"say","data":{"text":"darn it"},"id":3}),
+    );
+    o.settle(&hooks);
+    let got = o.sockets.take(boss);
+    let m = got
+        .iter()
+        .find(|m| m["type"] == "message")
+        .expect("delivered");
+    assert_eq!(m["data"], json!({"text": "**** it"}));
+    assert_eq!(o.store.history().len(), 1, "stored as rewritten");
+    assert!(o.store.history().values().all(|(_, t)| t.contains("****")));
+
+    o.send(
+        guest,
+        json!({"type":"rpc","method":"add","data":{"a":2,"b":3},"id":4}),
+    );
+    o.settle(&hooks);
+    let got = o.sockets.take(guest);
+    assert_eq!(ack(&got)["data"], 5);
+
+    // a hook that hangs: what follows waits behind it; the alarm refuses it `unavailable`
+    o.send(guest, json!({"type":"rpc","method":"hang","id":5}));
+    o.send(
+        guest,
+        json!({"type":"rpc","method":"add","data":{"a":1,"b":1},"id":6}),
+    );
+    o.settle(&hooks);
+    assert!(
+        o.sockets.take(guest).is_empty(),
+        "nothing before the deadline"
+    );
+    let deadline = o
+        .live()
+        .deadline()
+        .expect("the hub's deadline is the alarm");
+    assert!(deadline.as_millis() <= o.now + 500);
+    o.now = deadline.as_millis();
+    o.alarm();
+    o.settle(&hooks);
+    let got = o.sockets.take(guest);
+    assert_eq!(
+        (got[0]["id"].clone(), got[0]["code"].clone()),
+        (json!(5), json!("unavailable"))
+    );
+    assert_eq!(
+        (got[1]["id"].clone(), got[1]["data"].clone()),
+        (json!(6), json!(2))
+    );
+
+    // connect: invisible until admitted, then the user and rooms the hook gave
+    let (carol, first) = o.connect_with(ConnectRequest {
+        headers: vec![("Cookie".into(), "session=carol".into())],
+        ..ConnectRequest::default()
+    });
+    assert!(first.is_empty(), "no welcome before the hook answers");
+    o.settle(&hooks);
+    let got = o.sockets.take(carol);
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(got[0]["user"], "carol");
+    assert!(got
+        .iter()
+        .any(|m| m["type"] == "joined" && m["room"] == "lobby"));
+    let (banned, _) = o.connect_with(ConnectRequest {
+        headers: vec![("Cookie".into(), "session=banned".into())],
+        ..ConnectRequest::default()
+    });
+    o.settle(&hooks);
+    assert_eq!(
+        o.sockets.map[&banned].closed.as_ref().map(|c| c.0),
+        Some(4003)
+    );
+}
+
+#[test]
+fn departures_are_collected_only_for_hooks_and_name_the_user() {
+    let hooks = RoomRules;
+    let mut o = Object::hooked(&hooks);
+    let a = o.admit("ann", &hooks);
+    let now = Timestamp(o.now);
+    o.live().closed(now, a, 1000).unwrap();
+    o.flush();
+    let gone = o.live().take_departures();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].caller.user.as_deref(), Some("ann"));
+    assert_eq!(gone[0].reason, "closed");
+    assert!(o.live().take_departures().is_empty());
+
+    let mut plain = Object::new(history_config(10));
+    let b = plain.connect(Some("bob"));
+    let now = Timestamp(plain.now);
+    plain.live().closed(now, b, 1000).unwrap();
+    plain.flush();
+    assert!(plain.live().take_departures().is_empty());
+}
+
+#[test]
+fn without_hooks_a_parked_request_is_refused_at_once() {
+    // a hub configured to ask, but a driver without hooks: never left hanging
+    let mut config = history_config(10);
+    config.hooks = RoomRules.decides();
+    let mut o = Object::new(config);
+    let now = Timestamp(o.now);
+    let id = o.live().connect(now, ConnectRequest::default()).unwrap();
+    o.sockets.map.insert(id, Socket::default());
+    o.flush();
+    let got = o.sockets.take(id);
+    assert!(o.live().take_asks().is_empty());
+    assert_eq!(
+        o.sockets.map[&id].closed.as_ref().map(|c| c.0),
+        Some(1013),
+        "{got:?}"
+    );
 }
