@@ -58,7 +58,9 @@
 //!             // only with hooks on: ask the application, then (later) answer
 //!             hub.handle_decision(Timestamp(7), d.ticket, roomcast_core::hub::Answer::allow()).unwrap();
 //!         }
-//!         Output::Event(_) | Output::Forward(_) => {}
+//!         // only with a backplane (several nodes): carry these to it
+//!         Output::Append(_) | Output::Load(_) | Output::Forward(_) => {}
+//!         Output::Event(_) => {}
 //!     }
 //! }
 //! assert!(to_bob.last().unwrap().contains(r#""data":"hi""#));

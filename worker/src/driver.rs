@@ -458,6 +458,13 @@ impl Driver {
                 }
                 // Never produced with `server_pings: false`; workerd answers protocol pings.
                 Output::Ping { .. } | Output::Forward(_) => {}
+                // Only with `HubConfig::backplane`, which a Durable Object never turns on
+                // (it is its hub's one home); refused rather than left waiting.
+                Output::Append(a) => {
+                    let err = Err(roomcast_core::hub::BackplaneError::Unavailable);
+                    self.hub.handle_appended(now, a.ticket, err);
+                }
+                Output::Load(l) => self.hub.handle_load_failed(now, &l.room),
                 Output::Decide(d) if self.hooked => self.asks.push(*d),
                 // No application to ask (its hub config turns no hook on, so this does
                 // not happen): refuse rather than leave the request hanging.

@@ -49,6 +49,8 @@ pub(crate) enum Command {
     },
     /// A closure from [`crate::Roomcast::call`], given the hub and the current time.
     Call(HubJob),
+    /// The Redis backplane answered or published something.
+    Backplane(crate::redis_backplane::BackplaneInput),
     /// The application answered a parked request.
     Decided {
         ticket: Ticket,

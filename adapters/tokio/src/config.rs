@@ -68,6 +68,9 @@ pub struct Config {
     /// Serve the server HTTP API under `/api/` to callers presenting this key
     /// (`Authorization: Bearer KEY`); off (404) without one.
     pub api_key: Option<ApiKey>,
+    /// The Redis backplane shared with other nodes ([`Config::with_redis`]); `None`: one
+    /// process, everything in memory.
+    pub redis: Option<crate::RedisConfig>,
 }
 
 /// The server API's key; its `Debug` never shows it.
@@ -97,12 +100,26 @@ impl Default for Config {
             demo_tokens: None,
             hooks: None,
             api_key: None,
+            redis: None,
             hook_headers: Vec::new(),
         }
     }
 }
 
 impl Config {
+    /// Shares rooms with every node on the same Redis (`--redis`): room seqs, history
+    /// and recovery live in Redis; channels, users and broadcasts reach every node.
+    /// Recovery needs a node's cache of the log, so history is on (100 messages) unless
+    /// configured.
+    pub fn with_redis(mut self, redis: crate::RedisConfig) -> Config {
+        self.hub.backplane = true;
+        if self.hub.history.max_messages == 0 {
+            self.hub.history.max_messages = 100;
+        }
+        self.redis = Some(redis);
+        self
+    }
+
     /// Lets `hooks` decide the operations its [`Hooks::decides`](crate::Hooks::decides)
     /// names (join, subscribe, publish, rpc), with its timeout, and hear of disconnects.
     pub fn with_hooks(mut self, hooks: impl crate::Hooks) -> Config {

@@ -14,6 +14,7 @@ use crate::commands::{Command, ConnectRefused, Registered, SocketTracker};
 use crate::config::Config;
 use crate::hub_task::{run_hub, COMMAND_QUEUE, EVENT_QUEUE};
 use crate::metrics::Metrics;
+use crate::redis_backplane;
 use crate::shutdown::ShutdownFlag;
 use crate::socket::{self, SocketParams};
 use crate::statics::StaticFiles;
@@ -128,13 +129,18 @@ impl Roomcast {
             .hooks
             .clone()
             .map(|h| (h.0, shared.commands.downgrade()));
+        let backplane = shared.config.redis.as_ref().and_then(|r| {
+            redis_backplane::start(r, &shared.config.hub, shared.commands.downgrade())
+                .map_err(|e| error!("--redis {}: {e}; running without a backplane", r.url))
+                .ok()
+        });
         tokio::spawn(run_hub(
             hub,
             rx,
             clock,
             events,
             shared.metrics.clone(),
-            hooks,
+            (hooks, backplane),
         ));
         Roomcast { shared }
     }

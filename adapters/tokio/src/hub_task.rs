@@ -24,6 +24,7 @@ use crate::config::BENCH_ROOM;
 use crate::hooks::{self, Caller, Hooks};
 use crate::metrics::Metrics;
 use crate::outbox::{outbox, Due, OutboxTx};
+use crate::redis_backplane::{Backplane, BackplaneInput};
 use crate::socket;
 
 /// Commands queued for the hub before a sender waits (backpressure past this).
@@ -71,7 +72,12 @@ struct HubTask {
     /// The application's hooks, and the way back for their answers (weak: the hub task
     /// must still stop when every handle and socket is gone).
     hooks: Option<(Arc<dyn Hooks>, mpsc::WeakSender<Command>)>,
+    /// The Redis backplane (`--redis`), if this node shares rooms with others.
+    backplane: Option<Backplane>,
 }
+
+/// The application's hooks and the way back for their answers.
+pub(crate) type HookSeat = Option<(Arc<dyn Hooks>, mpsc::WeakSender<Command>)>;
 
 pub(crate) async fn run_hub(
     hub: Hub,
@@ -79,10 +85,11 @@ pub(crate) async fn run_hub(
     clock: Clock,
     events: broadcast::Sender<Event>,
     metrics: Arc<Metrics>,
-    hooks: Option<(Arc<dyn Hooks>, mpsc::WeakSender<Command>)>,
+    (hooks, backplane): (HookSeat, Option<Backplane>),
 ) {
     let mut task = HubTask {
         hooks,
+        backplane,
         flush_report_min: socket::flush_report_min(hub.config()),
         hub,
         clock,
@@ -195,6 +202,21 @@ impl HubTask {
             Command::Decided { ticket, answer } => {
                 let _ = hub.handle_decision(now, ticket, answer);
             }
+            Command::Backplane(input) => match input {
+                BackplaneInput::Appended { ticket, result } => {
+                    hub.handle_appended(now, ticket, result);
+                }
+                BackplaneInput::Logged {
+                    room,
+                    epoch,
+                    seq,
+                    body,
+                } => hub.handle_logged(now, &room, &epoch, seq, &body),
+                BackplaneInput::Loaded { room, loaded } => hub.handle_loaded(now, &room, loaded),
+                BackplaneInput::LoadFailed { room } => hub.handle_load_failed(now, &room),
+                BackplaneInput::Resync => hub.handle_backplane_resync(now),
+                BackplaneInput::Remote { node, forward } => hub.handle_remote(now, node, &forward),
+            },
             Command::Shutdown { done } => {
                 if !self.shutting_down {
                     info!(
@@ -277,6 +299,9 @@ impl HubTask {
                 }
                 Output::Decide(decision) => self.decide(*decision),
                 Output::Event(event) => {
+                    if let (Event::RoomRemoved { room }, Some(b)) = (&event, &self.backplane) {
+                        b.unfollow(room.clone());
+                    }
                     if let Event::Disconnected {
                         conn,
                         wire_id,
@@ -299,11 +324,25 @@ impl HubTask {
                         let _ = self.events.send(event);
                     }
                 }
-                Output::Forward(_) => {
-                    // Only produced with `HubConfig::backplane`, which needs a backplane
-                    // this adapter does not have yet.
-                    trace!("dropping a backplane forward: no backplane configured");
-                }
+                Output::Forward(f) => match &self.backplane {
+                    Some(b) => b.forward(*f),
+                    None => trace!("dropping a backplane forward: no backplane configured"),
+                },
+                Output::Append(a) => match &self.backplane {
+                    Some(b) => b.append(*a),
+                    None => {
+                        let now = self.clock.now();
+                        let err = Err(roomcast_core::hub::BackplaneError::Unavailable);
+                        self.hub.handle_appended(now, a.ticket, err);
+                    }
+                },
+                Output::Load(l) => match &self.backplane {
+                    Some(b) => b.load(*l),
+                    None => {
+                        let now = self.clock.now();
+                        self.hub.handle_load_failed(now, &l.room);
+                    }
+                },
             }
         }
     }

@@ -56,6 +56,7 @@ mod metrics;
 mod outbox;
 pub mod proxy;
 pub mod reconnecting;
+mod redis_backplane;
 mod responses;
 mod server;
 mod shutdown;
@@ -67,6 +68,7 @@ pub use handle::{CallError, Roomcast};
 pub use hooks::{Caller, HookFuture, Hooks, PublishRequest};
 pub use http::{PeerAddr, RoomcastService, WsHandler};
 pub use proxy::{ProxyHook, ProxyHooks};
+pub use redis_backplane::RedisConfig;
 pub use server::{Server, ServerError};
 
 /// The core crate, re-exported so embedders use the exact version this adapter speaks.

@@ -100,8 +100,14 @@ pub struct HubConfig {
     pub heartbeat: HeartbeatConfig,
     /// Recovery history.
     pub history: HistoryConfig,
-    /// Emit [`super::Output::Forward`] for local publishes so a backplane can carry them.
+    /// Several nodes share rooms through a backplane (see `hub::backplane`): room
+    /// messages are sequenced there ([`super::Output::Append`], [`super::Output::Load`])
+    /// and channel, user and broadcast publishes are forwarded
+    /// ([`super::Output::Forward`]).
     pub backplane: bool,
+    /// How long a join waits for the backplane to load its room before it is refused
+    /// `unavailable`.
+    pub backplane_timeout_ms: u64,
     /// What the application decides (hooks and rpc); none by default.
     pub hooks: super::HookConfig,
     /// How long a closing connection's slot is kept waiting for the adapter's report.
@@ -145,6 +151,7 @@ impl Default for HubConfig {
             heartbeat: HeartbeatConfig::default(),
             history: HistoryConfig::default(),
             backplane: false,
+            backplane_timeout_ms: 2_000,
             hooks: super::HookConfig::default(),
             close_grace_ms: 5_000,
             coalesce_room_messages: false,

@@ -64,6 +64,18 @@ impl Closing {
         }
     }
 
+    /// A room of this connection lost messages the backplane can no longer give (its
+    /// log was lost or trimmed): reconnect and rejoin, to be told `recovered: false`.
+    pub(crate) fn resync() -> Closing {
+        Closing {
+            code: code::TRY_AGAIN_LATER,
+            text: Cow::Borrowed("room resync"),
+            reason: DisconnectReason::Kicked {
+                code: code::TRY_AGAIN_LATER,
+            },
+        }
+    }
+
     /// The application did not answer the `connect` hook in time: try again later.
     pub(crate) fn unavailable() -> Closing {
         Closing {
@@ -243,6 +255,7 @@ impl Hub {
         let id = self.conns[s].id;
         let was_pending = !self.conns[s].admitted();
         self.drop_parked(s);
+        self.forget_backplane_waits(id);
         for rk in self.conns[s].rooms.clone() {
             self.remove_member(s, rk, now);
         }

@@ -274,14 +274,26 @@ pub(crate) struct Parked {
     pub(crate) deadline: Timestamp,
     /// The parked request's text, read again when the answer comes.
     text: Box<str>,
+    /// Waits for the backplane, not the application (no [`Output::Decide`]).
+    quiet: bool,
     /// Later requests, in arrival order.
     queue: VecDeque<Box<str>>,
+}
+
+/// How a parked request ends.
+enum Resolution {
+    /// The application's answer (or its deadline).
+    Answer(Answer),
+    /// Run it again with this (the backplane loaded what it waited for).
+    Rerun(Decided),
 }
 
 /// What an allowed request carries back into dispatch.
 #[derive(Debug, Default)]
 pub(crate) struct Decided {
     pub(crate) data: Option<Box<RawValue>>,
+    /// A join re-run once the backplane loaded its room.
+    pub(crate) loaded: bool,
 }
 
 impl Hub {
@@ -306,6 +318,48 @@ impl Hub {
         true
     }
 
+    /// Parks slot `s`'s request `text` until `deadline` without asking the application
+    /// (the backplane is loading what it needs); returns its ticket.
+    pub(crate) fn park_quietly(&mut self, s: usize, text: &str, deadline: Timestamp) -> u64 {
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        let c = &mut self.conns[s];
+        debug_assert!(c.parked.is_none(), "one parked request per connection");
+        c.parked = Some(Box::new(Parked {
+            ticket,
+            deadline,
+            text: text.into(),
+            quiet: true,
+            queue: VecDeque::new(),
+        }));
+        self.tickets.insert(ticket.0, c.id);
+        self.schedule_conn(self.conns[s].id);
+        ticket.0
+    }
+
+    /// Resolves the quietly parked request `ticket` of `conn`: re-run with `decided`, or
+    /// refused `unavailable` (`None`).
+    pub(crate) fn settle_waiter(
+        &mut self,
+        conn: ConnId,
+        ticket: u64,
+        decided: Option<Decided>,
+        now: Timestamp,
+    ) {
+        let Ok(s) = self.conns.slot_of(conn) else {
+            return;
+        };
+        if self.conns[s].state != ConnState::Open
+            || self.conns[s].parked.as_ref().map(|p| p.ticket.0) != Some(ticket)
+        {
+            return;
+        }
+        match decided {
+            Some(d) => self.resolve(s, Resolution::Rerun(d), now),
+            None => self.resolve(s, Resolution::Answer(Answer::Unavailable), now),
+        }
+    }
+
     /// Parks slot `s`'s request `text` and asks the application `question`.
     pub(crate) fn park(&mut self, s: usize, text: &str, question: Question, now: Timestamp) {
         self.next_ticket += 1;
@@ -317,6 +371,7 @@ impl Hub {
             ticket,
             deadline,
             text: text.into(),
+            quiet: false,
             queue: VecDeque::new(),
         }));
         let decision = Decision {
@@ -352,7 +407,10 @@ impl Hub {
             return Ok(());
         };
         if self.conns[s].state != ConnState::Open
-            || self.conns[s].parked.as_ref().map(|p| p.ticket) != Some(ticket)
+            || self.conns[s]
+                .parked
+                .as_ref()
+                .is_none_or(|p| p.ticket != ticket || p.quiet)
         {
             return Ok(());
         }
@@ -364,23 +422,40 @@ impl Hub {
     /// Resolves slot `s`'s parked request with `answer`, then runs what waited behind it
     /// until the queue is empty or a request parks again.
     fn settle(&mut self, s: usize, answer: Answer, now: Timestamp) {
+        self.resolve(s, Resolution::Answer(answer), now);
+    }
+
+    fn resolve(&mut self, s: usize, how: Resolution, now: Timestamp) {
         let Some(parked) = self.conns[s].parked.take() else {
             return;
         };
         let Parked {
             ticket,
             text,
+            quiet,
             mut queue,
             ..
         } = *parked;
         self.tickets.remove(&ticket.0);
         let id = self.conns[s].id;
-        if self.conns[s].hello.is_some() {
-            if !self.settle_connect(s, answer, now) {
-                return; // refused: closed
+        match how {
+            Resolution::Rerun(d) => self.handle_request(s, &text, Some(d), now),
+            Resolution::Answer(Answer::Unavailable) if quiet => {
+                self.forget_waiter(ticket.0);
+                let req_id = protocol::parse_request(&text).id;
+                let rej = Rejection::new(
+                    ErrorCode::Unavailable,
+                    "the backplane did not answer in time: try again",
+                );
+                self.fanout.stats.backplane_refused += 1;
+                self.refuse(id, req_id.as_ref(), &rej);
             }
-        } else {
-            self.settle_request(s, &text, answer, now);
+            Resolution::Answer(answer) if self.conns[s].hello.is_some() => {
+                if !self.settle_connect(s, answer, now) {
+                    return; // refused: closed
+                }
+            }
+            Resolution::Answer(answer) => self.settle_request(s, &text, answer, now),
         }
         while let Some(next) = queue.pop_front() {
             if self.conns[s].state != ConnState::Open || self.conns[s].id != id {
@@ -401,7 +476,13 @@ impl Hub {
     fn settle_request(&mut self, s: usize, text: &str, answer: Answer, now: Timestamp) {
         let id = self.conns[s].id;
         match answer {
-            Answer::Allow { data } => self.handle_request(s, text, Some(Decided { data }), now),
+            Answer::Allow { data } => {
+                let d = Decided {
+                    data,
+                    loaded: false,
+                };
+                self.handle_request(s, text, Some(d), now)
+            }
             Answer::Refuse { code, message } => {
                 let req_id = protocol::parse_request(text).id;
                 self.refuse(id, req_id.as_ref(), &Rejection::application(&code, message));
@@ -497,6 +578,9 @@ impl Hub {
     pub(crate) fn drop_parked(&mut self, s: usize) {
         if let Some(p) = self.conns[s].parked.take() {
             self.tickets.remove(&p.ticket.0);
+            if p.quiet {
+                self.forget_waiter(p.ticket.0);
+            }
         }
     }
 

@@ -203,6 +203,12 @@ impl Hub {
                     self.park(s, text, question, now);
                     return Ok(());
                 }
+                let loaded = decided.as_ref().is_some_and(|d| d.loaded);
+                if self.sequenced() && !loaded && self.join_needs_load(&room, pos.since, pos.epoch)
+                {
+                    self.wait_for_load(s, text, &room, (pos.since, pos.epoch), now);
+                    return Ok(());
+                }
                 self.client_join(s, id, &room, pos, presence, grant, now)
             }
             Request::Auth { token } => self.handle_auth(s, id, &token, now),
@@ -365,6 +371,11 @@ impl Hub {
             exclude: exclude.as_slice(),
         };
         let delivery = match to {
+            To::Room(rk) if self.sequenced() => {
+                let room = self.index.rooms[rk].name.clone();
+                self.append_room(&room, &p, Some((conn, id.cloned())));
+                return; // acked when the backplane answers
+            }
             To::Room(rk) => self.publish_room(rk, &p, now),
             To::Channel(ck) => self.publish_channel(ck, &p),
             To::User(user) => self.publish_user(&user, &p),

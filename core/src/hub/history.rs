@@ -87,6 +87,42 @@ impl History {
         }
     }
 
+    /// Merges entries a backplane loaded (at or below `upto`, the room's seq) under the
+    /// log, keeping the longest run of consecutive seqs that ends at `upto`: replay
+    /// must never skip a seq it claims to have.
+    pub(crate) fn merge(
+        &mut self,
+        log: &mut RoomLog,
+        older: Vec<HistoryEntry>,
+        upto: u64,
+        now: Timestamp,
+    ) {
+        let mut all = std::collections::BTreeMap::new();
+        for e in log.drain(..) {
+            self.bytes -= e.msg.wire_len();
+            all.insert(e.seq, e);
+        }
+        for e in older {
+            if e.seq <= upto {
+                all.entry(e.seq).or_insert(e);
+            }
+        }
+        let mut run = Vec::new();
+        let mut expect = upto;
+        for (seq, e) in all.into_iter().rev() {
+            if seq != expect || expect == 0 {
+                break;
+            }
+            run.push(e);
+            expect -= 1;
+        }
+        for e in run.into_iter().rev() {
+            self.bytes += e.msg.wire_len();
+            log.push_back(e);
+        }
+        self.trim(log, now);
+    }
+
     /// Drops the messages past the count limit or older than the age limit.
     pub(crate) fn trim(&mut self, log: &mut RoomLog, now: Timestamp) {
         while let Some(front) = log.front() {

@@ -6,6 +6,9 @@
 
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
+use super::backplane::{AppendTicket, BackplaneError, Loaded};
 use super::types::{ConnId, ConnectRequest, Delivery, DisconnectReason, Forward, RoomOptions};
 
 /// An input to [`Hub::handle`](super::Hub::handle).
@@ -55,6 +58,38 @@ pub enum Input<'a> {
         /// The publish.
         forward: &'a Forward,
     },
+    /// The backplane's answer to an [`Output::Append`](super::Output::Append).
+    Appended {
+        /// The append's ticket.
+        ticket: AppendTicket,
+        /// The room's epoch and the seq given to the message, or why not.
+        result: Result<(Arc<str>, u64), BackplaneError>,
+    },
+    /// One message of a followed room's log, as the backplane published it.
+    Logged {
+        /// The room.
+        room: &'a str,
+        /// Its epoch.
+        epoch: &'a str,
+        /// The message's seq.
+        seq: u64,
+        /// Its body ([`encode_body`](super::encode_body)).
+        body: &'a str,
+    },
+    /// The backplane's answer to an [`Output::Load`](super::Output::Load).
+    Loaded {
+        /// The room.
+        room: &'a str,
+        /// Position and entries.
+        loaded: Loaded,
+    },
+    /// An [`Output::Load`](super::Output::Load) failed (the backplane is unreachable).
+    LoadFailed {
+        /// The room.
+        room: &'a str,
+    },
+    /// The backplane reconnected: check every followed room for what was missed.
+    BackplaneResync,
     /// The deadline of [`Hub::poll_timeout`](super::Hub::poll_timeout) (or a later time)
     /// was reached.
     Timeout,

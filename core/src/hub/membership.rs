@@ -26,6 +26,9 @@ pub(crate) struct Room {
     pub(crate) uid: u64,
     pub(crate) epoch: Arc<str>,
     pub(crate) seq: u64,
+    /// With a backplane: `epoch` and `seq` are the backplane's (a load answered), not
+    /// this node's provisional ones.
+    pub(crate) synced: bool,
     pub(crate) members: IndexSet<usize>,
     /// Members that joined with `presence: true`.
     pub(crate) watchers: IndexSet<usize>,
@@ -138,6 +141,7 @@ impl Membership {
             uid,
             epoch: Arc::from(format!("{instance}-{uid:x}")),
             seq: 0,
+            synced: false,
             members: set(),
             watchers: set(),
             channels: set(),

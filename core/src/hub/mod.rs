@@ -24,6 +24,7 @@
 //!   wire shape of every message the hub writes).
 
 mod auth;
+mod backplane;
 mod config;
 mod connections;
 mod conns;
@@ -43,6 +44,10 @@ mod snapshot;
 mod timers;
 mod types;
 
+pub use backplane::{
+    encode_body, forward_from_json, forward_to_json, Append, AppendTicket, BackplaneError, Load,
+    Loaded,
+};
 pub use config::{HeartbeatConfig, HistoryConfig, HubConfig};
 pub use decisions::{Answer, Decision, HookConfig, Question, Ticket};
 pub use input::{Handled, Input, Recipient};
@@ -83,6 +88,8 @@ pub struct Hub {
     next_ticket: u64,
     /// Parked requests by ticket: whose answer it is.
     tickets: std::collections::BTreeMap<u64, ConnId>,
+    /// Appends and loads in flight with a backplane.
+    backplane: backplane::Backplane,
 }
 
 impl Hub {
@@ -104,6 +111,7 @@ impl Hub {
             fanout: FanOut::new(config.max_buffered_bytes),
             next_ticket: 0,
             tickets: std::collections::BTreeMap::new(),
+            backplane: backplane::Backplane::default(),
             config,
         }
     }
@@ -142,6 +150,16 @@ impl Hub {
             }
             Input::Closed { conn, reason } => self.handle_disconnect(now, conn, reason)?,
             Input::Remote { node, forward } => self.handle_remote(now, node, forward),
+            Input::Appended { ticket, result } => self.handle_appended(now, ticket, result),
+            Input::Logged {
+                room,
+                epoch,
+                seq,
+                body,
+            } => self.handle_logged(now, room, epoch, seq, body),
+            Input::Loaded { room, loaded } => self.handle_loaded(now, room, loaded),
+            Input::LoadFailed { room } => self.handle_load_failed(now, room),
+            Input::BackplaneResync => self.handle_backplane_resync(now),
             Input::Timeout => self.handle_timeout(now),
             Input::EndBatch => {
                 self.clock.advance(now);
@@ -276,6 +294,7 @@ impl Hub {
         self.index.check(&self.conns);
         self.history.check(&self.index.rooms);
         self.fanout.check(&self.index.rooms);
+        self.check_backplane();
     }
 
     /// True when the hub holds nothing: no connections, rooms, channels or users.

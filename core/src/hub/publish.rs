@@ -178,7 +178,7 @@ impl Hub {
     ) {
         if self.config.backplane
             && !matches!(p.origin, Origin::Remote { .. })
-            && !matches!(destination, Destination::Conn(_))
+            && !matches!(destination, Destination::Conn(_) | Destination::Room(_))
         {
             let from = match p.origin {
                 Origin::Conn(id) => {
@@ -226,6 +226,8 @@ impl Hub {
             exclude: &[],
         };
         match &fwd.destination {
+            // with a backplane, rooms are sequenced in it, never forwarded
+            Destination::Room(_) if self.sequenced() => {}
             Destination::Room(room) => {
                 if let Some(rk) = self.index.rooms.key(room) {
                     self.publish_room(rk, &p, now);

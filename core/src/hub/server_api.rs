@@ -261,6 +261,10 @@ impl Hub {
             exclude,
         };
         Ok(match to {
+            Recipient::Room(room) if self.sequenced() => {
+                check_name(room)?;
+                self.append_room(room, &p, None)
+            }
             Recipient::Room(room) => {
                 let rk = self.index.rooms.key(room).ok_or(HubError::UnknownRoom)?;
                 self.publish_room(rk, &p, now)

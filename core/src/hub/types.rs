@@ -292,6 +292,12 @@ pub enum Output {
     Event(Event),
     /// Carry this publish to the other nodes (only with `HubConfig::backplane`).
     Forward(Box<Forward>),
+    /// Append a room message to the room's log in the backplane (only with
+    /// `HubConfig::backplane`); answer [`super::Hub::handle_appended`].
+    Append(Box<super::Append>),
+    /// Follow a room and read part of its log (only with `HubConfig::backplane`); answer
+    /// [`super::Hub::handle_loaded`] or [`super::Hub::handle_load_failed`].
+    Load(Box<super::Load>),
     /// Ask the application (only with [`super::HookConfig`] hooks on); answer with
     /// [`super::Hub::handle_decision`], by the deadline or the request is refused.
     Decide(Box<super::Decision>),
@@ -402,6 +408,18 @@ pub struct Stats {
     pub decisions_timed_out: u64,
     /// Answers that came after their request was settled (timed out or closed).
     pub decisions_late: u64,
+    /// Room messages handed to the backplane.
+    pub backplane_appends: u64,
+    /// Room publishes refused `unavailable` because the backplane was.
+    pub backplane_refused: u64,
+    /// Loads of a room's log answered (joins, gaps, resyncs).
+    pub backplane_loads: u64,
+    /// Messages the backplane delivered twice, dropped.
+    pub backplane_duplicates: u64,
+    /// Gaps seen in a room's sequence (each repaired from the log).
+    pub backplane_gaps: u64,
+    /// Rooms whose members were closed 1013 because the log lost what they missed.
+    pub backplane_resets: u64,
 }
 
 /// Read-only view of a connection for the application.

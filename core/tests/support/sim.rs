@@ -333,6 +333,7 @@ impl Sim {
                 }
                 Output::Event(_) | Output::Forward(_) => {}
                 Output::Decide(d) => panic!("this simulation turns no hook on: {d:?}"),
+                Output::Append(_) | Output::Load(_) => panic!("this simulation has no backplane"),
             }
         }
         self.hub.check_invariants();

@@ -14,7 +14,7 @@ use clap::Parser;
 use roomcast_tokio::core::auth::{AuthSettings, AuthSettingsError, DemoTokens, Verifier};
 use roomcast_tokio::core::values;
 use roomcast_tokio::{heartbeat_for, Config, Server};
-use roomcast_tokio::{ApiKey, ProxyHook, ProxyHooks};
+use roomcast_tokio::{ApiKey, ProxyHook, ProxyHooks, RedisConfig};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -251,6 +251,21 @@ struct Args {
     )]
     proxy_max_in_flight: usize,
 
+    /// Share rooms with every roomcast node on this Redis (`redis://HOST:PORT[/DB]`):
+    /// room seqs, history and recovery live in Redis; channels, users and broadcasts
+    /// reach every node. Without it: one process, everything in memory.
+    #[arg(long, env = "ROOMCAST_REDIS_URL", value_name = "URL")]
+    redis: Option<String>,
+
+    /// Prefix of roomcast's Redis keys and channels (several deployments, one Redis).
+    #[arg(
+        long,
+        env = "ROOMCAST_REDIS_PREFIX",
+        value_name = "PREFIX",
+        default_value = "rc"
+    )]
+    redis_prefix: String,
+
     /// Most channels one connection may subscribe to at once; subscribes past it get
     /// `too_many_subscriptions`.
     #[arg(
@@ -455,6 +470,19 @@ impl Args {
             }
             config.api_key = Some(ApiKey(key.to_owned()));
         }
+        if let Some(url) = self
+            .redis
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                return Err(format!("--redis {url:?}: give redis://HOST[:PORT][/DB]"));
+            }
+            let mut redis = RedisConfig::new(url);
+            redis.prefix = self.redis_prefix.clone();
+            config = config.with_redis(redis);
+        }
         if let Some(url) = &self.proxy_url {
             let hooks = self
                 .proxy_hooks
@@ -648,7 +676,10 @@ mod tests {
             if matches!(long, "help" | "version") {
                 continue;
             }
-            let want = format!("ROOMCAST_{}", long.to_ascii_uppercase().replace('-', "_"));
+            let mut want = format!("ROOMCAST_{}", long.to_ascii_uppercase().replace('-', "_"));
+            if long == "redis" {
+                want.push_str("_URL"); // PROTOCOL.md names it so
+            }
             let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
             assert_eq!(env.as_deref(), Some(want.as_str()), "--{long}");
         }

@@ -6,6 +6,7 @@ use crate::hash::Map as HashMap;
 use serde_json::{json, Value};
 
 mod auth;
+mod backplane;
 mod connections;
 mod decisions;
 mod dispatch;
@@ -25,6 +26,8 @@ struct T {
     forwards: Vec<Forward>,
     raw: HashMap<ConnId, Vec<String>>,
     decisions: Vec<Decision>,
+    appends: Vec<Append>,
+    loads: Vec<Load>,
 }
 
 impl T {
@@ -43,6 +46,8 @@ impl T {
             forwards: Vec::new(),
             raw: HashMap::default(),
             decisions: Vec::new(),
+            appends: Vec::new(),
+            loads: Vec::new(),
         }
     }
 
@@ -73,6 +78,8 @@ impl T {
                 Output::Event(e) => self.events.push(e),
                 Output::Forward(f) => self.forwards.push(*f),
                 Output::Decide(d) => self.decisions.push(*d),
+                Output::Append(a) => self.appends.push(*a),
+                Output::Load(l) => self.loads.push(*l),
             }
         }
     }

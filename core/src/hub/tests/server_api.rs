@@ -86,11 +86,11 @@ fn backplane_forwards_local_publishes_only() {
     let mut n2 = T::with(cfg);
     let a = n1.connect(None);
     let b = n2.connect(None);
-    n1.join(a, "r");
-    n2.join(b, "r");
+    n1.ask(a, json!({"type":"subscribe","channel":"c"}));
+    n2.ask(b, json!({"type":"subscribe","channel":"c"}));
     n1.send(
         a,
-        json!({"type":"publish","room":"r","event":"e","data":[1]}),
+        json!({"type":"publish","channel":"c","event":"e","data":[1]}),
     );
     assert_eq!(n1.forwards.len(), 1);
     let f = n1.forwards[0].clone();
