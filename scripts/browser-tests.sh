@@ -129,7 +129,8 @@ run_e2e() {
 	rm -f "$ART/e2e.tap"
 	bounded 600 node --test --test-reporter=spec --test-reporter-destination=stdout \
 		--test-reporter=tap --test-reporter-destination="$ART/e2e.tap" \
-		tests/e2e/chat.test.mjs tests/e2e/tokens.test.mjs tests/e2e/app.test.mjs || rc=$?
+		tests/e2e/chat.test.mjs tests/e2e/tokens.test.mjs tests/e2e/app.test.mjs \
+		tests/e2e/cluster.test.mjs || rc=$?
 	touch "$ART/e2e.tap"
 	local p f s
 	p="$(awk '/^# pass /{print $3}' "$ART/e2e.tap")"

@@ -4,8 +4,9 @@
 #   scripts/cluster.sh [N]        (default 2 nodes: http://127.0.0.1:8081, :8082, ...)
 #
 # Open two browser tabs on two nodes and chat: one room, one order, one history. Starts
-# its own redis-server on a free port unless ROOMCAST_REDIS_URL is set; the nodes share
-# one demo-token secret, so a token from one node is good on every node (DEMO ONLY).
+# its own redis-server on a free port unless ROOMCAST_REDIS_URL is set. The printed page
+# URLs carry `?fallback=` (the other nodes): stop a node and its tabs move to another
+# node and recover what they missed. Open identity (`?user=`), no tokens: a demo.
 # Ctrl-C stops the nodes and the Redis it started. BASE_PORT changes the first port.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,12 +41,15 @@ if [[ -z "$url" ]]; then
 		sleep 0.1
 	done
 fi
-secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+ws_of() { echo "ws://127.0.0.1:$((BASE_PORT + $1))/ws"; }
 for i in $(seq 0 $((N - 1))); do
 	./target/release/roomcast --bind "127.0.0.1:$((BASE_PORT + i))" --www www --history 100 \
-		--redis "$url" --demo-tokens --auth-secret "$secret" &
+		--redis "$url" &
 	pids+=($!)
-	echo "node $((i + 1)): http://127.0.0.1:$((BASE_PORT + i))"
+	others=()
+	for j in $(seq 0 $((N - 1))); do [[ $j -eq $i ]] || others+=("$(ws_of "$j")"); done
+	fallback="$(IFS=,; echo "${others[*]}")"
+	echo "node $((i + 1)): http://127.0.0.1:$((BASE_PORT + i))/?fallback=$fallback"
 done
 echo "Redis: $url — Ctrl-C to stop"
 wait

@@ -20,6 +20,15 @@ function wsUrl() {
   return under ? `/hub/${under[1]}/ws` : "/ws";
 }
 
+/**
+ * Other nodes of the same service (`?fallback=URL,URL`, e.g. what scripts/cluster.sh
+ * prints): the package tries the next one when a connection fails.
+ */
+function fallbackUrls() {
+  const list = new URLSearchParams(location.search).get("fallback");
+  return list ? list.split(",").map((u) => u.trim()).filter(Boolean) : [];
+}
+
 /** The server's demo token endpoint, beside the WebSocket (`/ws` -> `/demo/token`). */
 function tokenUrl(name) {
   const u = new URL(wsUrl(), location.href);
@@ -279,7 +288,7 @@ async function start(name, roomName) {
   $("room-title").textContent = `# ${room}`;
   document.title = `${room} · roomcast chat`;
 
-  client = new RoomcastClient(wsUrl(), identity);
+  client = new RoomcastClient(wsUrl(), { ...identity, fallbackUrls: fallbackUrls() });
   client.on("state", showState);
   client.on("welcome", (w) => {
     me.conn = w.conn;

@@ -40,6 +40,10 @@ use crate::time::{Clock, Timestamp};
 pub struct ClientConfig {
     /// WebSocket URL to connect to (with `?user=` if any).
     pub url: String,
+    /// Other URLs of the same service (other nodes sharing one Redis): after a failed
+    /// attempt or a lost connection the next attempt goes to the next URL in turn, so a
+    /// dead node costs one retry, and recovery (`since`) works on any node.
+    pub fallback_urls: Vec<String>,
     /// Upper bound of the first retry delay (full jitter: uniform in 0..=this).
     pub backoff_initial_ms: u64,
     /// Upper bound of any retry delay.
@@ -63,6 +67,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             url: String::new(),
+            fallback_urls: Vec::new(),
             backoff_initial_ms: 500,
             backoff_max_ms: 30_000,
             stable_after_ms: 10_000,
@@ -338,6 +343,8 @@ pub struct Client {
     socket: u64,
     phase: Phase,
     attempt: u32,
+    /// Which URL the next connect uses: 0 is `url`, then `fallback_urls`.
+    url_index: usize,
     state: ClientState,
     rooms: BTreeMap<String, RoomState>,
     channels: BTreeSet<String>,
@@ -426,6 +433,7 @@ impl Client {
             socket: 0,
             phase: Phase::Closed,
             attempt: 0,
+            url_index: 0,
             state: ClientState::Connecting,
             rooms: BTreeMap::new(),
             channels: BTreeSet::new(),
@@ -554,9 +562,13 @@ impl Client {
         self.socket += 1;
         self.connect_token = token;
         self.phase = Phase::Connecting { since: now };
+        let url = match self.url_index {
+            0 => &self.config.url,
+            i => &self.config.fallback_urls[i - 1],
+        };
         self.outputs.push_back(ClientOutput::Connect {
             socket: self.socket,
-            url: self.config.url.clone(),
+            url: url.clone(),
         });
     }
 
@@ -1190,6 +1202,8 @@ impl Client {
             }
         }
         self.attempt = self.attempt.saturating_add(1);
+        // the next attempt goes to the next URL, in turn
+        self.url_index = (self.url_index + 1) % (1 + self.config.fallback_urls.len());
         let exp = self.attempt.saturating_sub(1).min(20);
         let cap = self
             .config

@@ -276,3 +276,33 @@ async def test_redis_down_refuses_what_needs_it_and_comes_back(nodes, redis):
     assert r["recovered"] is False and r["epoch"] != "the-old-one"
     await a2.close()
     await c.close()
+
+
+async def test_a_node_killed_takes_only_its_own_connections(redis):
+    servers = [start_server("--redis", redis.url, name=f"kill{i}") for i in range(2)]
+    try:
+        room = uid("r")
+        a = await Client.open(servers[0].ws_url)
+        b = await Client.open(servers[1].ws_url)
+        epoch = (await a.ok({"type": "join", "room": room}))["epoch"]
+        await b.ok({"type": "join", "room": room})
+        for i in range(3):
+            await a.ok({"type": "publish", "room": room, "event": "m", "data": i})
+        assert [m["seq"] for m in await collect(b, room, 3)] == [1, 2, 3]
+        servers[1].proc.kill()  # SIGKILL: no goodbye to anyone
+        servers[1].proc.wait(10)
+        await b.closed(timeout=TIMEOUT)
+        for i in range(3, 6):
+            await a.ok({"type": "publish", "room": room, "event": "m", "data": i})
+        # b's user comes back on the surviving node and recovers exactly what it missed
+        b2 = await Client.open(servers[0].ws_url)
+        await b2.send({"type": "join", "room": room, "since": 3, "epoch": epoch, "id": "j"})
+        got = [await b2.recv() for _ in range(4)]
+        assert [m.get("seq") for m in got[:3]] == [4, 5, 6]
+        assert got[3]["type"] == "ack" and got[3]["recovered"] is True
+        assert await a.barrier() == [], "the survivor's clients saw nothing else"
+        await a.close()
+        await b2.close()
+    finally:
+        for s in servers:
+            s.terminate()

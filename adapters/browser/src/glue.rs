@@ -33,6 +33,9 @@ pub struct Options {
     pub ack_timeout_ms: Option<u64>,
     /// See [`ClientConfig::connect_timeout_ms`].
     pub connect_timeout_ms: Option<u64>,
+    /// See [`ClientConfig::fallback_urls`] (resolved like the main URL by the binding).
+    #[serde(default)]
+    pub fallback_urls: Vec<String>,
 }
 
 impl Options {
@@ -51,6 +54,7 @@ impl Options {
         let d = ClientConfig::default();
         ClientConfig {
             url,
+            fallback_urls: self.fallback_urls,
             token,
             backoff_initial_ms: self.backoff_initial_ms.unwrap_or(d.backoff_initial_ms),
             backoff_max_ms: self.backoff_max_ms.unwrap_or(d.backoff_max_ms),

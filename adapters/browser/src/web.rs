@@ -38,6 +38,10 @@ export interface RoomcastOptions {
   ackTimeoutMs?: number;
   /** How long a socket may take to open and be welcomed, ms. */
   connectTimeoutMs?: number;
+  /** Other nodes of the same service (several servers sharing one Redis): after a failed
+   * attempt or a lost connection the client tries the next URL in turn, and recovers
+   * what it missed there. Resolved like the main URL. */
+  fallbackUrls?: string[];
 }
 
 /** Options of `join(room, options)`. */
@@ -580,6 +584,11 @@ impl RoomcastClient {
             }
         }
         let url = resolve_url(url, options.user.as_deref())?;
+        let mut options = options;
+        options.fallback_urls = std::mem::take(&mut options.fallback_urls)
+            .iter()
+            .map(|u| resolve_url(u, options.user.as_deref()))
+            .collect::<Result<_, _>>()?;
         let machine = Client::new(options.into_config(url, tokens.is_some()), seed(), now());
         let inner = Rc::new_cyclic(|weak: &Weak<Inner>| {
             let w = weak.clone();

@@ -152,7 +152,7 @@ impl Metrics {
             "Bytes of room history held, all rooms together (bounded by --history-max-bytes).",
             stats.history_bytes as u64,
         );
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "roomcast_messages_received_total",
                 "WebSocket messages received from clients.",
@@ -187,6 +187,36 @@ impl Metrics {
                 "roomcast_history_evicted_total",
                 "History messages dropped to keep all rooms' history under --history-max-bytes.",
                 stats.history_evicted,
+            ),
+            (
+                "roomcast_backplane_appends_total",
+                "Room messages appended to the Redis backplane's logs (--redis).",
+                stats.backplane_appends,
+            ),
+            (
+                "roomcast_backplane_refused_total",
+                "Room publishes and joins refused unavailable because Redis was.",
+                stats.backplane_refused,
+            ),
+            (
+                "roomcast_backplane_loads_total",
+                "Reads of a room's log in Redis answered (joins, gap repairs, checks).",
+                stats.backplane_loads,
+            ),
+            (
+                "roomcast_backplane_gaps_total",
+                "Gaps in a room's sequence seen on the pub/sub link, each repaired from the log.",
+                stats.backplane_gaps,
+            ),
+            (
+                "roomcast_backplane_duplicates_total",
+                "Room messages that arrived twice from the backplane, dropped.",
+                stats.backplane_duplicates,
+            ),
+            (
+                "roomcast_backplane_resets_total",
+                "Rooms whose members were closed 1013 because Redis lost what they missed.",
+                stats.backplane_resets,
             ),
             (
                 "roomcast_heartbeat_timeouts_total",

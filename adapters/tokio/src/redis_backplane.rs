@@ -43,6 +43,9 @@ pub struct RedisConfig {
     /// How long any Redis call may take before the request waiting on it is refused
     /// `unavailable`.
     pub timeout: Duration,
+    /// How often every followed room is checked against its log: the one way to notice
+    /// that the last message of a quiet room was lost on the pub/sub link.
+    pub check_interval: Duration,
 }
 
 impl RedisConfig {
@@ -52,6 +55,7 @@ impl RedisConfig {
             url: url.into(),
             prefix: "rc".into(),
             timeout: Duration::from_secs(2),
+            check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -192,6 +196,7 @@ struct Shared {
     names: Names,
     node: u64,
     timeout: Duration,
+    check_interval: Duration,
     max_entries: usize,
     ttl_ms: u64,
     back: mpsc::WeakSender<Command>,
@@ -233,6 +238,7 @@ pub(crate) fn start(
         },
         node,
         timeout: config.timeout,
+        check_interval: config.check_interval,
         // the log serves gap repair as well as recovery: never shorter than 1,000
         max_entries: hub.history.max_messages.max(1_000),
         ttl_ms: hub.history.max_age_ms.max(300_000),
@@ -362,8 +368,16 @@ async fn pubsub_task(client: Client, shared: Shared, mut rx: mpsc::UnboundedRece
             shared.tell(BackplaneInput::Resync).await;
         }
         first = false;
+        let mut check = tokio::time::interval(shared.check_interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await; // the first tick is now
         loop {
             tokio::select! {
+                _ = check.tick() => {
+                    if !followed.is_empty() {
+                        shared.tell(BackplaneInput::Resync).await;
+                    }
+                }
                 follow = rx.recv() => match follow {
                     None => return,
                     Some(Follow::Load(l)) => {
@@ -473,7 +487,14 @@ async fn load(mut c: ConnectionManager, shared: Shared, l: Load) {
             .arg(shared.new_epoch())
             .arg(l.after.map_or(String::new(), |a| a.to_string()))
             .arg(shared.ttl_ms);
-        inv.invoke_async::<Vec<Value>>(&mut c).await
+        // A read (and an idempotent create): after Redis came back, the connection's
+        // first command fails while it reconnects, so one retry.
+        match inv.invoke_async::<Vec<Value>>(&mut c).await {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                inv.invoke_async::<Vec<Value>>(&mut c).await
+            }
+            other => other,
+        }
     };
     let answer = match tokio::time::timeout(shared.timeout, call).await {
         Ok(Ok(values)) => read_loaded(values, l.after),

@@ -755,3 +755,48 @@ fn a_server_join_during_a_rejoin_keeps_the_position_and_merges_by_seq() {
         .collect();
     assert_eq!(seqs, vec![3, 4, 5, 6], "each once, in order");
 }
+
+#[test]
+fn each_retry_goes_to_the_next_url_in_turn() {
+    let config = ClientConfig {
+        url: "ws://a/ws".into(),
+        fallback_urls: vec!["ws://b/ws".into(), "ws://c/ws".into()],
+        ..ClientConfig::default()
+    };
+    let mut c = Client::new(config, [1; 32], Timestamp(0));
+    let url_of = |outs: &[ClientOutput]| {
+        outs.iter()
+            .find_map(|o| match o {
+                ClientOutput::Connect { url, .. } => Some(url.clone()),
+                _ => None,
+            })
+            .expect("a connect")
+    };
+    let mut urls = vec![url_of(&drain(&mut c))];
+    let mut now = 0;
+    for _ in 0..4 {
+        let s = c.socket;
+        c.handle_close(Timestamp(now), s, Some(1006));
+        now = c.poll_timeout().unwrap().0;
+        c.handle_timeout(Timestamp(now));
+        urls.push(url_of(&drain(&mut c)));
+    }
+    assert_eq!(
+        urls,
+        [
+            "ws://a/ws",
+            "ws://b/ws",
+            "ws://c/ws",
+            "ws://a/ws",
+            "ws://b/ws"
+        ]
+    );
+    // without fallbacks every attempt goes to the one URL
+    let mut c = client();
+    let first = url_of(&drain(&mut c));
+    let s = c.socket;
+    c.handle_close(Timestamp(0), s, Some(1006));
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    assert_eq!(url_of(&drain(&mut c)), first);
+}
