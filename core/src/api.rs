@@ -158,8 +158,18 @@ pub fn handle(hub: &mut Hub, now: Timestamp, req: ApiRequest<'_>) -> ApiResponse
             if !valid_name(user) {
                 return hub_error(HubError::BadName);
             }
-            let ids = hub.user_connections(user).to_vec();
-            disconnect(hub, now, &ids, req.body)
+            let b: DisconnectBody = match body(req.body) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let code = b.code.unwrap_or(crate::close::code::FORBIDDEN);
+            if !(code == 1000 || (4000..=4999).contains(&code)) {
+                return bad("code must be 1000 or in 4000..=4999");
+            }
+            let reason = b.reason.as_deref().unwrap_or("disconnected by the server");
+            // every node's connections of the user (with a backplane); the count is here
+            let n = hub.disconnect_user(now, user, code, reason);
+            ApiResponse::ok(json!({ "disconnected": n }))
         }
         (
             _,

@@ -59,7 +59,7 @@
 //!             hub.handle_decision(Timestamp(7), d.ticket, roomcast_core::hub::Answer::allow()).unwrap();
 //!         }
 //!         // only with a backplane (several nodes): carry these to it
-//!         Output::Append(_) | Output::Load(_) | Output::Forward(_) => {}
+//!         Output::Append(_) | Output::Load(_) | Output::Forward(_) | Output::Control(_) => {}
 //!         Output::Event(_) => {}
 //!     }
 //! }

@@ -404,7 +404,9 @@ impl World {
                         }
                     }
                 }
-                Output::Append(_) | Output::Load(_) => panic!("this simulation has no backplane"),
+                Output::Append(_) | Output::Load(_) | Output::Control(_) => {
+                    panic!("this simulation has no backplane")
+                }
                 Output::Decide(d) => {
                     // Late (some past the hub's 400 ms deadline), out of order, or never.
                     let roll = self.rng.below_or_eq(19);

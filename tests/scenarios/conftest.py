@@ -72,6 +72,11 @@ CAPABILITIES: dict[str, dict[str, str | None]] = {
         "its socket next has traffic, or ~10-15 s later (local workerd 1.20261117; "
         "worker/README.md)",
     },
+    "redis_backplane": {
+        "native": None,
+        "worker": "several native servers share rooms through Redis (--redis); a Worker "
+        "keeps each hub in its one Durable Object and needs no backplane",
+    },
     "spawn_configured": {
         "native": None,
         "worker": "a differently configured hub needs its own deployment: set "

@@ -23,6 +23,22 @@ TIMEOUT = float(os.environ.get("ROOMCAST_TEST_TIMEOUT", "5"))
 _ids = itertools.count(1)
 
 
+# ROOMCAST_CLUSTER_URLS="ws://A/ws,ws://B/ws,...": the suite against several nodes on
+# one Redis. Every client opened on ROOMCAST_WS_URL goes to the next node in turn, so
+# the clients of one scenario are spread over the nodes (scripts: see tests/scenarios/
+# README.md). Unset: every client goes where it is told.
+_CLUSTER = [u for u in os.environ.get("ROOMCAST_CLUSTER_URLS", "").split(",") if u]
+_next_node = itertools.count()
+
+
+def _spread(url: str) -> str:
+    base = os.environ.get("ROOMCAST_WS_URL")
+    if not _CLUSTER or not base or not url.startswith(base):
+        return url
+    node = _CLUSTER[next(_next_node) % len(_CLUSTER)]
+    return node + url[len(base):]
+
+
 def uid(prefix: str) -> str:
     """A unique name, so tests never share a room, channel or user (the worker runs
     every test against one hub)."""
@@ -59,6 +75,7 @@ class Client:
 
     @classmethod
     async def open(cls, url: str, user: str | None = None, **kwargs: Any) -> "Client":
+        url = _spread(url)
         if user is not None:
             url = with_query(url, user=user)
         options: dict[str, Any] = {

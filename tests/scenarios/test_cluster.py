@@ -9,7 +9,9 @@ Native only: the Worker keeps each hub in one Durable Object.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import urllib.request
 import shutil
 import socket
 import subprocess
@@ -20,6 +22,9 @@ import pytest
 
 from conftest import require, start_server
 from rc import TIMEOUT, Client, close_code, uid
+
+
+API_KEY = "cluster-api-key-0123456789"
 
 
 def free_port() -> int:
@@ -89,7 +94,7 @@ class Redis:
 
 @pytest.fixture(scope="module")
 def redis():
-    require("spawn_configured")
+    require("redis_backplane")
     r = Redis()
     yield r
     r.close()
@@ -98,7 +103,8 @@ def redis():
 @pytest.fixture(scope="module")
 def nodes(redis):
     """Three nodes on the module's Redis (2 s Redis timeout by default)."""
-    servers = [start_server("--redis", redis.url, name=f"node{i}") for i in range(3)]
+    servers = [start_server("--redis", redis.url, "--api-key", API_KEY, name=f"node{i}")
+               for i in range(3)]
     yield servers
     for s in servers:
         s.terminate()
@@ -197,6 +203,24 @@ async def test_channels_users_and_broadcasts_reach_every_node(nodes):
     assert m["user"] == user and m["data"] == 2
     await sub.close()
     await sender.close()
+
+
+async def test_the_api_disconnects_a_user_on_every_node(nodes):
+    user = uid("mallory")
+    here = await Client.open(nodes[0].ws_url, user=user)
+    there = await Client.open(nodes[2].ws_url, user=user)
+    bystander = await Client.open(nodes[2].ws_url, user=uid("bob"))
+    req = urllib.request.Request(
+        f"{nodes[1].http_url}/api/users/{user}/disconnect",
+        data=json.dumps({"code": 4003, "reason": "banned"}).encode(), method="POST",
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    r = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(req, timeout=10)))
+    assert r == {"disconnected": 0}, "none on the node asked; the others carry it out"
+    for c in (here, there):
+        closed = await c.closed(timeout=TIMEOUT)
+        assert close_code(closed) == 4003 and closed.rcvd.reason == "banned"
+    assert await bystander.barrier() == []
+    await bystander.close()
 
 
 async def test_a_killed_pubsub_link_is_repaired_without_disconnecting_anyone(nodes, redis):

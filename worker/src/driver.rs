@@ -465,6 +465,7 @@ impl Driver {
                     self.hub.handle_appended(now, a.ticket, err);
                 }
                 Output::Load(l) => self.hub.handle_load_failed(now, &l.room),
+                Output::Control(_) => {}
                 Output::Decide(d) if self.hooked => self.asks.push(*d),
                 // No application to ask (its hub config turns no hook on, so this does
                 // not happen): refuse rather than leave the request hanging.

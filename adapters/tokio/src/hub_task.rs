@@ -216,6 +216,7 @@ impl HubTask {
                 BackplaneInput::LoadFailed { room } => hub.handle_load_failed(now, &room),
                 BackplaneInput::Resync => hub.handle_backplane_resync(now),
                 BackplaneInput::Remote { node, forward } => hub.handle_remote(now, node, &forward),
+                BackplaneInput::Control { control } => hub.handle_control(now, &control),
             },
             Command::Shutdown { done } => {
                 if !self.shutting_down {
@@ -322,6 +323,11 @@ impl HubTask {
                     }
                     if self.events.receiver_count() > 0 {
                         let _ = self.events.send(event);
+                    }
+                }
+                Output::Control(c) => {
+                    if let Some(b) = &self.backplane {
+                        b.control(*c);
                     }
                 }
                 Output::Forward(f) => match &self.backplane {

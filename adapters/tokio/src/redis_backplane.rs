@@ -25,8 +25,8 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script, Value};
 use roomcast_core::hub::{
-    forward_from_json, forward_to_json, Append, AppendTicket, BackplaneError, Forward, HubConfig,
-    Load, Loaded,
+    control_from_json, control_to_json, forward_from_json, forward_to_json, Append, AppendTicket,
+    BackplaneError, Control, Forward, HubConfig, Load, Loaded,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -85,12 +85,16 @@ pub(crate) enum BackplaneInput {
         node: u64,
         forward: Forward,
     },
+    Control {
+        control: Control,
+    },
 }
 
 /// What the hub task asks of Redis.
 enum Request {
     Append(Append),
     Forward(Forward),
+    Control(Control),
 }
 
 /// What the pub/sub task is asked.
@@ -114,6 +118,10 @@ impl Backplane {
 
     pub(crate) fn forward(&self, f: Forward) {
         let _ = self.requests.send(Request::Forward(f));
+    }
+
+    pub(crate) fn control(&self, c: Control) {
+        let _ = self.requests.send(Request::Control(c));
     }
 
     pub(crate) fn load(&self, l: Load) {
@@ -309,11 +317,16 @@ async fn command_task(client: Client, shared: Shared, mut rx: mpsc::UnboundedRec
                     })
                     .await;
             }
-            Request::Forward(f) => {
+            Request::Forward(_) | Request::Control(_) => {
                 let Some(c) = conn.as_mut() else {
                     continue; // best effort
                 };
-                let payload = format!("{:016x}\n{}", shared.node, forward_to_json(&f));
+                let json = match &req {
+                    Request::Forward(f) => forward_to_json(f),
+                    Request::Control(k) => control_to_json(k),
+                    Request::Append(_) => unreachable!("matched above"),
+                };
+                let payload = format!("{:016x}\n{json}", shared.node);
                 let mut publish = redis::cmd("PUBLISH");
                 publish.arg(shared.names.forwards()).arg(payload);
                 match tokio::time::timeout(shared.timeout, publish.exec_async(c)).await {
@@ -457,6 +470,9 @@ fn read_message(shared: &Shared, channel: &str, payload: &[u8]) -> Option<Backpl
         let node = u64::from_str_radix(node, 16).ok()?;
         if node == shared.node {
             return None; // our own
+        }
+        if let Some(control) = control_from_json(json) {
+            return Some(BackplaneInput::Control { control });
         }
         return Some(BackplaneInput::Remote {
             node,

@@ -12,10 +12,12 @@
 //!   early and asks for the missing part of the log ([`Output::Load`]); the answer
 //!   ([`Input::Loaded`](super::Input::Loaded)) fills it, so no one is disconnected for a
 //!   lost pub/sub message;
-//! - a join that needs what this node does not hold (a room it does not follow yet, or
-//!   a recovery its cache cannot serve) waits, in order with the connection's later
-//!   requests, for a load of the room; the join is then answered from the merged log as
-//!   on one node (`recovered` exactly as PROTOCOL.md "Ordering and recovery" says);
+//! - a join waits, in order with the connection's later requests, for a load of the
+//!   room from the node's own position (so its ack names the room's latest seq even
+//!   when the pub/sub copy of a message published elsewhere is still on its way, and a
+//!   recovery gets what the node's cache lacks); it is then answered from the merged
+//!   log as on one node (`recovered` exactly as PROTOCOL.md "Ordering and recovery"
+//!   says);
 //! - a room whose epoch changed under its members (the backplane lost its log), or whose
 //!   gap the backplane can no longer fill, closes those members 1013: they reconnect,
 //!   rejoin with their position and are told `recovered: false`. Never a silent gap.
@@ -196,6 +198,53 @@ pub fn forward_from_json(text: &str) -> Option<Forward> {
     })
 }
 
+/// A command every node carries out on its own connections ([`Output::Control`]): what
+/// the server API asks of a user must reach the user's connections on every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Control {
+    /// Close every connection of `user` with `code` and `reason`.
+    DisconnectUser {
+        /// The user.
+        user: Arc<str>,
+        /// Close code (1000 or 4000..=4999).
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+}
+
+/// A [`Control`] as the JSON other nodes read with [`control_from_json`] (it shares the
+/// forward channel: `"k"` tells them apart).
+pub fn control_to_json(c: &Control) -> String {
+    match c {
+        Control::DisconnectUser { user, code, reason } => {
+            serde_json::json!({"k": "disconnect_user", "n": &**user, "code": code, "reason": reason})
+                .to_string()
+        }
+    }
+}
+
+/// Reads what [`control_to_json`] wrote (`None`: not a control of this version).
+pub fn control_from_json(text: &str) -> Option<Control> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        k: String,
+        n: String,
+        code: u16,
+        reason: String,
+    }
+    let r: Raw = serde_json::from_str(text).ok()?;
+    let ok = r.k == "disconnect_user"
+        && protocol::valid_name(&r.n)
+        && (r.code == 1000 || (4000..=4999).contains(&r.code));
+    ok.then(|| Control::DisconnectUser {
+        user: Arc::from(r.n),
+        code: r.code,
+        reason: r.reason,
+    })
+}
+
 /// Who waits for an append's answer.
 struct PendingAppend {
     /// The publisher (`None`: the server API, which was answered already).
@@ -333,34 +382,6 @@ impl Hub {
             }
         }
         self.reap(now);
-    }
-
-    /// Whether a join of `room` (with `since`/`epoch` when recovering) needs a load
-    /// first: the room is not followed here yet, is being loaded, or the cache cannot
-    /// serve the recovery.
-    pub(crate) fn join_needs_load(
-        &self,
-        room: &str,
-        since: Option<u64>,
-        epoch: Option<&str>,
-    ) -> bool {
-        let Some(rk) = self.index.rooms.key(room) else {
-            return true;
-        };
-        let r = &self.index.rooms[rk];
-        if !r.synced || self.backplane.loads.contains_key(&r.name) {
-            return true;
-        }
-        match (since, epoch) {
-            (None, None) => false,
-            // same epoch: beyond what this node has seen (it may lag), ask; else the
-            // cache must reach back to since + 1
-            (Some(n), Some(e)) if e == &*r.epoch => {
-                n > r.seq || (n < r.seq && r.log.front().is_none_or(|f| f.seq > n + 1))
-            }
-            // another epoch: the whole epoch is replayed if the cache starts at 1
-            _ => r.seq > 0 && r.log.front().is_none_or(|f| f.seq > 1),
-        }
     }
 
     /// Parks slot `s`'s join (`text`) until its room is loaded (or the backplane's
@@ -737,6 +758,43 @@ impl Hub {
         }
         for w in ready {
             self.settle_waiter(w.conn, w.ticket, Some(Decided::loaded()), now);
+        }
+    }
+
+    /// Closes `user`'s connections here and, with a backplane, on every other node
+    /// ([`Output::Control`]). Returns how many were closed here.
+    pub fn disconnect_user(
+        &mut self,
+        now: Timestamp,
+        user: &str,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let ids = self.user_connections(user).to_vec();
+        let n = ids
+            .into_iter()
+            .filter(|&id| self.disconnect(now, id, code, reason).is_ok())
+            .count();
+        if self.sequenced() {
+            self.fanout
+                .push(Output::Control(Box::new(Control::DisconnectUser {
+                    user: Arc::from(user),
+                    code,
+                    reason: reason.to_owned(),
+                })));
+        }
+        n
+    }
+
+    /// A [`Control`] another node sent: carried out on this node's connections only.
+    pub fn handle_control(&mut self, now: Timestamp, control: &Control) {
+        match control {
+            Control::DisconnectUser { user, code, reason } => {
+                let ids = self.user_connections(user).to_vec();
+                for id in ids {
+                    let _ = self.disconnect(now, id, *code, reason);
+                }
+            }
         }
     }
 

@@ -204,8 +204,7 @@ impl Hub {
                     return Ok(());
                 }
                 let loaded = decided.as_ref().is_some_and(|d| d.loaded);
-                if self.sequenced() && !loaded && self.join_needs_load(&room, pos.since, pos.epoch)
-                {
+                if self.sequenced() && !loaded {
                     self.wait_for_load(s, text, &room, (pos.since, pos.epoch), now);
                     return Ok(());
                 }

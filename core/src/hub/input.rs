@@ -90,6 +90,11 @@ pub enum Input<'a> {
     },
     /// The backplane reconnected: check every followed room for what was missed.
     BackplaneResync,
+    /// A command another node sent ([`Output::Control`](super::Output::Control)).
+    Control {
+        /// The command.
+        control: &'a super::Control,
+    },
     /// The deadline of [`Hub::poll_timeout`](super::Hub::poll_timeout) (or a later time)
     /// was reached.
     Timeout,

@@ -45,8 +45,8 @@ mod timers;
 mod types;
 
 pub use backplane::{
-    encode_body, forward_from_json, forward_to_json, Append, AppendTicket, BackplaneError, Load,
-    Loaded,
+    control_from_json, control_to_json, encode_body, forward_from_json, forward_to_json, Append,
+    AppendTicket, BackplaneError, Control, Load, Loaded,
 };
 pub use config::{HeartbeatConfig, HistoryConfig, HubConfig};
 pub use decisions::{Answer, Decision, HookConfig, Question, Ticket};
@@ -160,6 +160,7 @@ impl Hub {
             Input::Loaded { room, loaded } => self.handle_loaded(now, room, loaded),
             Input::LoadFailed { room } => self.handle_load_failed(now, room),
             Input::BackplaneResync => self.handle_backplane_resync(now),
+            Input::Control { control } => self.handle_control(now, control),
             Input::Timeout => self.handle_timeout(now),
             Input::EndBatch => {
                 self.clock.advance(now);

@@ -298,6 +298,9 @@ pub enum Output {
     /// Follow a room and read part of its log (only with `HubConfig::backplane`); answer
     /// [`super::Hub::handle_loaded`] or [`super::Hub::handle_load_failed`].
     Load(Box<super::Load>),
+    /// Carry this command to every other node (only with `HubConfig::backplane`); they
+    /// run it with [`super::Hub::handle_control`].
+    Control(Box<super::Control>),
     /// Ask the application (only with [`super::HookConfig`] hooks on); answer with
     /// [`super::Hub::handle_decision`], by the deadline or the request is refused.
     Decide(Box<super::Decision>),

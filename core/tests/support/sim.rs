@@ -333,7 +333,9 @@ impl Sim {
                 }
                 Output::Event(_) | Output::Forward(_) => {}
                 Output::Decide(d) => panic!("this simulation turns no hook on: {d:?}"),
-                Output::Append(_) | Output::Load(_) => panic!("this simulation has no backplane"),
+                Output::Append(_) | Output::Load(_) | Output::Control(_) => {
+                    panic!("this simulation has no backplane")
+                }
             }
         }
         self.hub.check_invariants();

@@ -66,14 +66,10 @@ impl T {
     /// `(epoch, top)` and no entries.
     fn join_loaded(&mut self, id: ConnId, room: &str, epoch: &str, top: u64) -> Value {
         self.send(id, json!({"type":"join","room":room,"id":"j"}));
-        if self.loads.is_empty() {
-            let mut r = self.take(id);
-            return r.pop().expect("an ack");
-        }
         assert!(self.take(id).is_empty(), "waits for the load");
         let l = self.load();
-        assert_eq!((&*l.room, l.after), (room, None));
-        self.loaded(room, epoch, top, None, &[]);
+        assert_eq!(&*l.room, room);
+        self.loaded(room, epoch, top, l.after, &[]);
         let mut r = self.take(id);
         assert_eq!(r.len(), 1, "{r:?}");
         r.pop().unwrap()
@@ -97,14 +93,20 @@ fn a_join_takes_the_room_position_from_the_backplane() {
         (ack["epoch"].as_str(), ack["seq"].as_u64()),
         (Some("E1"), Some(7))
     );
-    // the room is followed now: a second join needs no load
+    // the room is followed now: a second join checks from the node's own position, and
+    // learns of a message whose pub/sub copy has not arrived yet
     let b = t.connect(Some("bob"));
-    let ack = t.join_loaded(b, "r", "unused", 0);
+    t.send(b, json!({"type":"join","room":"r","id":"j"}));
+    let l = t.load();
+    assert_eq!(l.after, Some(7));
+    t.loaded("r", "E1", 8, Some(7), &[(8, body("m", 8))]);
+    let got = t.take(b);
+    let ack = got.last().unwrap();
     assert_eq!(
-        (ack["epoch"].as_str(), ack["members"].as_u64()),
-        (Some("E1"), Some(2))
+        (ack["seq"].as_u64(), ack["members"].as_u64()),
+        (Some(8), Some(2))
     );
-    assert!(t.loads.is_empty());
+    assert_eq!(t.seqs(a), vec![8], "the member already in gets it once");
 }
 
 #[test]
@@ -231,11 +233,13 @@ fn a_new_epoch_under_the_members_closes_them_and_a_rejoin_is_not_recovered() {
         c,
         json!({"type":"join","room":"r","since":1,"epoch":"E1","id":1}),
     );
+    let l = t.load();
+    t.loaded("r", "E2", 1, l.after, &[(1, body("m", 1))]);
     let got = t.take(c);
     let ack = got
         .iter()
         .find(|m| m["type"] == "ack")
-        .expect("acked from the cache");
+        .expect("acked after the load");
     assert_eq!(ack["recovered"], false);
     assert_eq!(ack["epoch"], "E2");
 }
@@ -271,13 +275,25 @@ fn recovery_on_another_node_is_served_from_the_loaded_log() {
         ]
     );
     assert_eq!(got[4]["recovered"], true);
-    // the cache now serves a recovery without a load
+    // a recovery the cache covers asks only for what is newer than the node has
     let d = t.connect(Some("dee"));
     t.send(
         d,
         json!({"type":"join","room":"r","since":4,"epoch":"E","id":2}),
     );
-    assert!(t.loads.is_empty());
+    let l = t.load();
+    assert_eq!(
+        l.after,
+        Some(4),
+        "from the lower of since and the node's own seq"
+    );
+    t.loaded(
+        "r",
+        "E",
+        6,
+        Some(4),
+        &[(5, body("m", 5)), (6, body("m", 6))],
+    );
     assert_eq!(t.seqs(d), vec![5, 6]);
 }
 
@@ -352,4 +368,47 @@ fn server_sends_to_a_room_go_through_the_log_and_forwards_skip_rooms() {
     let json = forward_to_json(&t.forwards[0]);
     let back = forward_from_json(&json).unwrap();
     assert_eq!(back.destination, Destination::Channel(Arc::from("c")));
+}
+
+#[test]
+fn disconnecting_a_user_reaches_every_node() {
+    let mut n1 = backplaned();
+    let mut n2 = backplaned();
+    let a = n1.connect(Some("ann"));
+    let b = n2.connect(Some("ann"));
+    let other = n2.connect(Some("bob"));
+    assert_eq!(
+        n1.hub.disconnect_user(Timestamp(0), "ann", 4003, "banned"),
+        1
+    );
+    n1.drain();
+    assert_eq!(
+        n1.closes.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(),
+        vec![(a, 4003)]
+    );
+    let c = n1.controls.pop().expect("carried to the other nodes");
+    let json = control_to_json(&c);
+    let back = control_from_json(&json).unwrap();
+    assert_eq!(back, c);
+    n2.hub.handle_control(Timestamp(0), &back);
+    n2.drain();
+    assert_eq!(
+        n2.closes
+            .iter()
+            .map(|c| (c.0, c.1, c.2.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(b, 4003, "banned")]
+    );
+    assert!(n2.closes.iter().all(|c| c.0 != other));
+    assert!(n2.controls.is_empty(), "a remote control is not sent on");
+    assert!(
+        control_from_json(r#"{"k":"disconnect_user","n":"x","code":1006,"reason":""}"#).is_none(),
+        "not a code a server sends"
+    );
+    // without a backplane nothing is carried
+    let mut t = T::new();
+    t.connect(Some("ann"));
+    assert_eq!(t.hub.disconnect_user(Timestamp(0), "ann", 4003, "x"), 1);
+    t.drain();
+    assert!(t.controls.is_empty());
 }

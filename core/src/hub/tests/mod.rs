@@ -28,6 +28,7 @@ struct T {
     decisions: Vec<Decision>,
     appends: Vec<Append>,
     loads: Vec<Load>,
+    controls: Vec<Control>,
 }
 
 impl T {
@@ -48,6 +49,7 @@ impl T {
             decisions: Vec::new(),
             appends: Vec::new(),
             loads: Vec::new(),
+            controls: Vec::new(),
         }
     }
 
@@ -80,6 +82,7 @@ impl T {
                 Output::Decide(d) => self.decisions.push(*d),
                 Output::Append(a) => self.appends.push(*a),
                 Output::Load(l) => self.loads.push(*l),
+                Output::Control(c) => self.controls.push(*c),
             }
         }
     }
