@@ -330,3 +330,24 @@ async def test_a_node_killed_takes_only_its_own_connections(redis):
     finally:
         for s in servers:
             s.terminate()
+
+
+async def test_a_stalled_redis_costs_a_bounded_wait_and_then_works(nodes, redis):
+    room = uid("r")
+    a = await Client.open(nodes[0].ws_url)
+    await a.ok({"type": "join", "room": room})
+    # every Redis client stalls for 3 s (what a long command or a failover looks like)
+    assert resp(redis.port, "CLIENT", "PAUSE", "3000", "ALL") == b"+OK"
+    started = time.monotonic()
+    for i in range(5):
+        await a.send({"type": "publish", "room": room, "event": "m", "id": i})
+    replies = [await a.recv(timeout=TIMEOUT) for _ in range(5)]
+    assert all(r["type"] == "error" and r["code"] == "unavailable" for r in replies), replies
+    # the 2 s Redis timeout bounds the wait; the queued ones are not each given 2 s more
+    assert time.monotonic() - started < 4.5
+    assert await a.barrier() == [], "the connection is kept"
+    deadline = time.monotonic() + TIMEOUT
+    while (r := await a.request({"type": "publish", "room": room, "event": "m"}))["type"] != "ack":
+        assert time.monotonic() < deadline, r
+        await asyncio.sleep(0.2)
+    await a.close()

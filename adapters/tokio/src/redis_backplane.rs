@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -92,7 +92,9 @@ pub(crate) enum BackplaneInput {
 
 /// What the hub task asks of Redis.
 enum Request {
-    Append(Append),
+    /// An append and when it was asked: one that waited past the timeout behind a slow
+    /// Redis is refused without being sent, so a stall never builds a backlog.
+    Append(Append, Instant),
     Forward(Forward),
     Control(Control),
 }
@@ -113,7 +115,7 @@ pub(crate) struct Backplane {
 impl Backplane {
     /// Appends, in the order asked (one client's publishes keep their order).
     pub(crate) fn append(&self, a: Append) {
-        let _ = self.requests.send(Request::Append(a));
+        let _ = self.requests.send(Request::Append(a, Instant::now()));
     }
 
     pub(crate) fn forward(&self, f: Forward) {
@@ -276,16 +278,23 @@ async fn manager(client: &Client, timeout: Duration) -> Result<ConnectionManager
 async fn command_task(client: Client, shared: Shared, mut rx: mpsc::UnboundedReceiver<Request>) {
     let script = Script::new(APPEND);
     let mut conn: Option<ConnectionManager> = None;
+    // after a failed connect, requests fail fast for a while instead of each waiting
+    let mut retry_at = Instant::now();
     while let Some(req) = rx.recv().await {
-        if conn.is_none() {
+        if conn.is_none() && Instant::now() >= retry_at {
             match manager(&client, shared.timeout).await {
                 Ok(c) => conn = Some(c),
-                Err(e) => warn!("redis unreachable: {e}"),
+                Err(e) => {
+                    warn!("redis unreachable: {e}");
+                    retry_at = Instant::now() + Duration::from_millis(500);
+                }
             }
         }
         match req {
-            Request::Append(a) => {
+            Request::Append(a, asked) => {
+                let stale = asked.elapsed() > shared.timeout;
                 let result = match conn.as_mut() {
+                    _ if stale => Err(BackplaneError::Unavailable),
                     None => Err(BackplaneError::Unavailable),
                     Some(c) => {
                         let mut inv = script.prepare_invoke();
@@ -324,7 +333,7 @@ async fn command_task(client: Client, shared: Shared, mut rx: mpsc::UnboundedRec
                 let json = match &req {
                     Request::Forward(f) => forward_to_json(f),
                     Request::Control(k) => control_to_json(k),
-                    Request::Append(_) => unreachable!("matched above"),
+                    Request::Append(..) => unreachable!("matched above"),
                 };
                 let payload = format!("{:016x}\n{json}", shared.node);
                 let mut publish = redis::cmd("PUBLISH");
