@@ -152,7 +152,7 @@ impl Metrics {
             "Bytes of room history held, all rooms together (bounded by --history-max-bytes).",
             stats.history_bytes as u64,
         );
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             (
                 "roomcast_messages_received_total",
                 "WebSocket messages received from clients.",
@@ -217,6 +217,11 @@ impl Metrics {
                 "roomcast_backplane_resets_total",
                 "Rooms whose members were closed 1013 because Redis lost what they missed.",
                 stats.backplane_resets,
+            ),
+            (
+                "roomcast_backplane_load_timeouts_total",
+                "Reads of a room's log in Redis given up because no answer came in time.",
+                stats.backplane_load_timeouts,
             ),
             (
                 "roomcast_heartbeat_timeouts_total",

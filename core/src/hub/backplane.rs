@@ -37,6 +37,7 @@ use super::decisions::Decided;
 use super::history::HistoryEntry;
 use super::messages::{self, Via};
 use super::publish::Publish;
+use super::timers::Timer;
 use super::types::{
     ConnId, ConnState, Delivery, Destination, Event, Forward, Origin, Output, Published,
 };
@@ -275,6 +276,9 @@ pub(crate) struct Backplane {
     loads: BTreeMap<Arc<str>, LoadsInFlight>,
     /// Messages that came ahead of their turn (a gap, or a load in flight), per room.
     early: BTreeMap<Arc<str>, Held>,
+    /// Load deadlines by serial ([`super::timers::Timer::Load`]), and the last serial.
+    pub(crate) load_timers: BTreeMap<u64, Arc<str>>,
+    next_load_timer: u64,
 }
 
 /// The loads of one room in flight.
@@ -283,6 +287,8 @@ struct LoadsInFlight {
     count: u32,
     /// The smallest `after` asked (`None` inside means a position-only load).
     lowest: Option<u64>,
+    /// When the latest of them is given up.
+    deadline: Timestamp,
 }
 
 /// Messages held early per room at most; past it the oldest go (the load that fills
@@ -455,9 +461,25 @@ impl Hub {
                 LoadsInFlight {
                     count: 1,
                     lowest: after,
+                    deadline: Timestamp(0),
                 },
             );
         }
+        // A backplane that never answers must not wedge the room: past this deadline the
+        // loads of the room are given up (see `load_timer`).
+        let deadline = Timestamp(
+            self.clock
+                .now()
+                .0
+                .saturating_add(self.config.backplane_timeout_ms),
+        );
+        if let Some(l) = self.backplane.loads.get_mut(room) {
+            l.deadline = deadline;
+        }
+        self.backplane.next_load_timer += 1;
+        let serial = self.backplane.next_load_timer;
+        self.backplane.load_timers.insert(serial, room.clone());
+        self.push_timer(deadline, Timer::Load { serial });
         self.fanout.push(Output::Load(Box::new(Load {
             room: room.clone(),
             after,
@@ -796,6 +818,29 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// A load deadline fired: if the room's loads are still unanswered past it, they
+    /// are given up (their joins refused `unavailable`; held messages ask again with the
+    /// next message or check). A late answer then finds nothing and is dropped.
+    pub(crate) fn load_timer(&mut self, serial: u64, now: Timestamp) {
+        let Some(room) = self.backplane.load_timers.remove(&serial) else {
+            return;
+        };
+        let expired = self
+            .backplane
+            .loads
+            .get(&room)
+            .is_some_and(|l| l.deadline <= now);
+        if !expired {
+            return;
+        }
+        self.backplane.loads.remove(&room);
+        self.fanout.stats.backplane_load_timeouts += 1;
+        for w in self.backplane.waiting.remove(&room).unwrap_or_default() {
+            self.settle_waiter(w.conn, w.ticket, None, now);
+        }
+        self.reap(now);
     }
 
     /// Forgets what a closing connection waits for.

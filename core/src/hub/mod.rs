@@ -223,6 +223,7 @@ impl Hub {
             match timer {
                 Timer::Conn(id) => self.conn_timer(id, fired, now),
                 Timer::Room { slot, uid } => self.room_timer(slot, uid, now),
+                Timer::Load { serial } => self.load_timer(serial, now),
             }
         }
     }
@@ -280,10 +281,12 @@ impl Hub {
     /// Schedules a timer; the heap sweeps entries that are no longer wanted.
     fn push_timer(&mut self, at: Timestamp, timer: Timer) {
         let (conns, rooms) = (&self.conns, &self.index.rooms);
+        let loads = &self.backplane.load_timers;
         self.timers.push(at, timer, |t, timer| match timer {
             Timer::Conn(id) => conns.get(id).is_some_and(|c| c.timer_at == Some(t)),
             // Room timers are few; a stale one only re-checks its room when it fires.
             Timer::Room { slot, uid } => rooms.get(slot).is_some_and(|r| r.uid == uid),
+            Timer::Load { serial } => loads.contains_key(&serial),
         });
     }
 

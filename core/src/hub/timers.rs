@@ -17,6 +17,8 @@ pub(crate) enum Timer {
     Conn(ConnId),
     /// An empty room's history expiry (`uid` tells a reused slot apart).
     Room { slot: usize, uid: u64 },
+    /// A backplane load's deadline (`hub::backplane`).
+    Load { serial: u64 },
 }
 
 /// The heap is never swept below this size (sweeping a small heap gains nothing).

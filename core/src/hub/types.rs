@@ -423,6 +423,8 @@ pub struct Stats {
     pub backplane_gaps: u64,
     /// Rooms whose members were closed 1013 because the log lost what they missed.
     pub backplane_resets: u64,
+    /// Loads of a room's log given up because the backplane did not answer in time.
+    pub backplane_load_timeouts: u64,
 }
 
 /// Read-only view of a connection for the application.

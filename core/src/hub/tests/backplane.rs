@@ -412,3 +412,26 @@ fn disconnecting_a_user_reaches_every_node() {
     t.drain();
     assert!(t.controls.is_empty());
 }
+
+#[test]
+fn a_load_that_never_comes_is_given_up_and_asked_again() {
+    let mut t = backplaned();
+    let b = t.connect(Some("bob"));
+    t.join_loaded(b, "r", "E", 0);
+    t.logged("r", "E", 1, &body("m", 1));
+    t.logged("r", "E", 3, &body("m", 3));
+    assert_eq!(t.load().after, Some(1), "the gap asks for the log");
+    // the backplane never answers; while the load is pending, a later message is held
+    t.logged("r", "E", 4, &body("m", 4));
+    assert!(t.loads.is_empty(), "one load at a time");
+    t.advance(1_000);
+    assert_eq!(t.hub.stats().backplane_load_timeouts, 1);
+    // given up: the next message asks again, and that answer repairs the gap
+    t.logged("r", "E", 5, &body("m", 5));
+    let l = t.load();
+    assert_eq!(l.after, Some(1));
+    let entries: Vec<_> = (2..=5).map(|n| (n, body("m", n))).collect();
+    t.loaded("r", "E", 5, Some(1), &entries);
+    assert_eq!(t.seqs(b), vec![1, 2, 3, 4, 5]);
+    assert!(t.closes.is_empty());
+}
