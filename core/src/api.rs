@@ -158,17 +158,12 @@ pub fn handle(hub: &mut Hub, now: Timestamp, req: ApiRequest<'_>) -> ApiResponse
             if !valid_name(user) {
                 return hub_error(HubError::BadName);
             }
-            let b: DisconnectBody = match body(req.body) {
-                Ok(b) => b,
+            let (code, reason) = match disconnect_body(req.body) {
+                Ok(c) => c,
                 Err(r) => return r,
             };
-            let code = b.code.unwrap_or(crate::close::code::FORBIDDEN);
-            if !(code == 1000 || (4000..=4999).contains(&code)) {
-                return bad("code must be 1000 or in 4000..=4999");
-            }
-            let reason = b.reason.as_deref().unwrap_or("disconnected by the server");
             // every node's connections of the user (with a backplane); the count is here
-            let n = hub.disconnect_user(now, user, code, reason);
+            let n = hub.disconnect_user(now, user, code, &reason);
             ApiResponse::ok(json!({ "disconnected": n }))
         }
         (
@@ -405,19 +400,27 @@ struct DisconnectBody {
     reason: Option<String>,
 }
 
-fn disconnect(hub: &mut Hub, now: Timestamp, ids: &[ConnId], bytes: &[u8]) -> ApiResponse {
-    let b: DisconnectBody = match body(bytes) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+/// The close code (default 4003) and reason of a disconnect call, checked.
+fn disconnect_body(bytes: &[u8]) -> Result<(u16, String), ApiResponse> {
+    let b: DisconnectBody = body(bytes)?;
     let code = b.code.unwrap_or(crate::close::code::FORBIDDEN);
     if !(code == 1000 || (4000..=4999).contains(&code)) {
-        return bad("code must be 1000 or in 4000..=4999");
+        return Err(bad("code must be 1000 or in 4000..=4999"));
     }
-    let reason = b.reason.as_deref().unwrap_or("disconnected by the server");
+    let reason = b
+        .reason
+        .unwrap_or_else(|| "disconnected by the server".into());
+    Ok((code, reason))
+}
+
+fn disconnect(hub: &mut Hub, now: Timestamp, ids: &[ConnId], bytes: &[u8]) -> ApiResponse {
+    let (code, reason) = match disconnect_body(bytes) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let mut n = 0;
     for &id in ids {
-        if hub.disconnect(now, id, code, reason).is_ok() {
+        if hub.disconnect(now, id, code, &reason).is_ok() {
             n += 1;
         }
     }

@@ -655,17 +655,7 @@ impl Hub {
             b.f.map(|f| f.get().as_bytes()),
             b.d,
         );
-        if self.history.enabled() {
-            let entry = HistoryEntry {
-                seq,
-                at: now,
-                msg: msg.clone(),
-            };
-            self.history.append(&mut r.log, entry, now);
-            if self.history.over_budget() {
-                self.evict_history(rk, now);
-            }
-        }
+        self.keep_in_history(rk, seq, &msg, now);
         let exclude: Vec<ConnId> =
             b.x.as_deref()
                 .and_then(|x| self.find_connection(x))

@@ -321,6 +321,13 @@ impl Hub {
     /// Parks slot `s`'s request `text` until `deadline` without asking the application
     /// (the backplane is loading what it needs); returns its ticket.
     pub(crate) fn park_quietly(&mut self, s: usize, text: &str, deadline: Timestamp) -> u64 {
+        let ticket = self.park_slot(s, text, deadline, true);
+        self.schedule_conn(self.conns[s].id);
+        ticket.0
+    }
+
+    /// Parks slot `s`'s request under a new ticket (one parked request per connection).
+    fn park_slot(&mut self, s: usize, text: &str, deadline: Timestamp, quiet: bool) -> Ticket {
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
         let c = &mut self.conns[s];
@@ -329,12 +336,11 @@ impl Hub {
             ticket,
             deadline,
             text: text.into(),
-            quiet: true,
+            quiet,
             queue: VecDeque::new(),
         }));
         self.tickets.insert(ticket.0, c.id);
-        self.schedule_conn(self.conns[s].id);
-        ticket.0
+        ticket
     }
 
     /// Resolves the quietly parked request `ticket` of `conn`: re-run with `decided`, or
@@ -362,18 +368,9 @@ impl Hub {
 
     /// Parks slot `s`'s request `text` and asks the application `question`.
     pub(crate) fn park(&mut self, s: usize, text: &str, question: Question, now: Timestamp) {
-        self.next_ticket += 1;
-        let ticket = Ticket(self.next_ticket);
         let deadline = Timestamp(now.0.saturating_add(self.config.hooks.timeout_ms));
-        let c = &mut self.conns[s];
-        debug_assert!(c.parked.is_none(), "one parked request per connection");
-        c.parked = Some(Box::new(Parked {
-            ticket,
-            deadline,
-            text: text.into(),
-            quiet: false,
-            queue: VecDeque::new(),
-        }));
+        let ticket = self.park_slot(s, text, deadline, false);
+        let c = &self.conns[s];
         let decision = Decision {
             ticket,
             conn: c.id,
@@ -382,7 +379,6 @@ impl Hub {
             info: c.auth.as_deref().and_then(|a| a.info.clone()),
             question,
         };
-        self.tickets.insert(ticket.0, c.id);
         self.fanout.stats.decisions_asked += 1;
         self.fanout.push(Output::Decide(Box::new(decision)));
         self.schedule_conn(self.conns[s].id);

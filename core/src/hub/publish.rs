@@ -35,17 +35,7 @@ impl Hub {
         let seq = r.seq;
         let via = Via::Room { name: &r.name, seq };
         let msg = messages::message(via, p.event, p.from, p.data);
-        if self.history.enabled() {
-            let entry = HistoryEntry {
-                seq,
-                at: now,
-                msg: msg.clone(),
-            };
-            self.history.append(&mut r.log, entry, now);
-            if self.history.over_budget() {
-                self.evict_history(rk, now);
-            }
-        }
+        self.keep_in_history(rk, seq, &msg, now);
         let delivered = self.deliver_room(rk, &msg, p.exclude);
         let r = &self.index.rooms[rk];
         let destination = Destination::Room(r.name.clone());
@@ -60,6 +50,24 @@ impl Hub {
         Delivery {
             delivered,
             seq: Some(seq),
+        }
+    }
+
+    /// Keeps room message `seq` in its room's history (if on), within the byte budget:
+    /// for local publishes and for messages a backplane delivered alike.
+    pub(crate) fn keep_in_history(&mut self, rk: usize, seq: u64, msg: &Outgoing, now: Timestamp) {
+        if !self.history.enabled() {
+            return;
+        }
+        let entry = HistoryEntry {
+            seq,
+            at: now,
+            msg: msg.clone(),
+        };
+        self.history
+            .append(&mut self.index.rooms[rk].log, entry, now);
+        if self.history.over_budget() {
+            self.evict_history(rk, now);
         }
     }
 
