@@ -15,13 +15,17 @@ use crate::procfs;
 use crate::worker::{Spec, WorkerResult};
 
 /// Every peer, in the suite's base order (rotated by repetition).
-pub const PEERS: [&str; 6] = [
+pub const PEERS: [&str; 8] = [
     "roomcast",
     "roomcast-json",
     "bun",
     "ws",
     "tokio-tungstenite",
     "fastwebsockets",
+    // Only with `ROOMCAST_BENCH_BASE=/path/to/an/older/roomcast`: the same two command
+    // lines on that binary, for an A/B of a change in one run.
+    "roomcast-base",
+    "roomcast-json-base",
 ];
 
 /// Core the servers run on; the generator gets the other one.
@@ -159,6 +163,19 @@ fn server_command(
     peer: &str,
     cell: &Cell,
 ) -> Option<(Vec<String>, String, String, &'static str)> {
+    if let Some(ours) = peer.strip_suffix("-base") {
+        let Ok(base) = std::env::var("ROOMCAST_BENCH_BASE") else {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("bench: {peer} skipped: set ROOMCAST_BENCH_BASE to a roomcast binary");
+            }
+            return None;
+        };
+        let (mut argv, label, path, proto) = server_command(root, ours, cell)?;
+        argv[0] = base;
+        return Some((argv, format!("{label} [base build]"), path, proto));
+    }
     let bind = ["--bind".to_owned(), "127.0.0.1:0".to_owned()];
     let path = if cell.is_echo() { "/echo" } else { "/room" };
     let peers = root.join("bench/peers");

@@ -201,13 +201,10 @@ pub enum SendError {
     /// sending anything after it.
     #[error("connection is closing or closed")]
     Closed,
-    /// `send_frame` on a client: pre-encoded frames are unmasked, which only a server
-    /// may send.
+    /// A hub message sent from a client: pre-encoded frames are unmasked, which only a
+    /// server may send.
     #[error("pre-encoded frames can only be sent by a server")]
     NotServer,
-    /// `send_frame` got bytes that are not exactly one valid unmasked non-close frame.
-    #[error("not a single valid unmasked frame")]
-    InvalidFrame,
     /// A ping payload over 125 bytes.
     #[error("control payload of {0} bytes exceeds 125")]
     ControlTooLong(usize),
@@ -333,7 +330,6 @@ pub struct Connection {
     /// frames, and none is queued once our close is, so none follows it.
     pongs: VecDeque<Bytes>,
     transmit: VecDeque<Bytes>,
-    queued_bytes: usize,
 }
 
 impl Connection {
@@ -359,7 +355,6 @@ impl Connection {
             events: EventQueue::default(),
             pongs: VecDeque::new(),
             transmit: VecDeque::new(),
-            queued_bytes: 0,
         }
     }
 
@@ -416,20 +411,7 @@ impl Connection {
             .pongs
             .pop_front()
             .or_else(|| self.transmit.pop_front())?;
-        self.queued_bytes -= next.len();
         Some(next)
-    }
-
-    /// Whether [`Connection::poll_transmit`] has something, for write-interest
-    /// registration.
-    pub fn has_transmit(&self) -> bool {
-        !self.pongs.is_empty() || !self.transmit.is_empty()
-    }
-
-    /// Bytes queued and not yet taken by `poll_transmit`: what slow-consumer detection
-    /// compares against `max_buffered_bytes`.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
     }
 
     /// Queues a text message as one frame.
@@ -451,31 +433,9 @@ impl Connection {
         self.send_data(OpCode::Ping, payload)
     }
 
-    /// Queues a complete pre-encoded server frame, typically one broadcast shared by
-    /// every receiver: cloning `Bytes` is how fan-out costs a pointer copy per receiver.
-    ///
-    /// Only its header is checked (one unmasked, non-close frame spanning exactly the
-    /// buffer), in O(1). Close frames must go through [`Connection::close`] so the state
-    /// machine knows.
-    pub fn send_frame(&mut self, frame: Bytes) -> Result<(), SendError> {
-        if self.role != Role::Server {
-            return Err(SendError::NotServer);
-        }
-        self.ensure_open()?;
-        match frame::decode_header(&frame) {
-            Ok(Some((h, n)))
-                if h.mask.is_none()
-                    && h.opcode != OpCode::Close
-                    && (n as u64).checked_add(h.payload_len) == Some(frame.len() as u64) => {}
-            _ => return Err(SendError::InvalidFrame),
-        }
-        self.push_transmit(frame);
-        Ok(())
-    }
-
     /// Queues a message the hub encoded ([`crate::Outgoing`]): the fan-out hot path. Its
     /// frame is valid by construction (one unmasked text frame built by the core), so
-    /// unlike [`Connection::send_frame`] nothing is re-checked per receiver.
+    /// nothing is re-checked per receiver.
     pub fn send_outgoing(&mut self, msg: &crate::Outgoing) -> Result<(), SendError> {
         if self.role != Role::Server {
             return Err(SendError::NotServer);
@@ -573,7 +533,6 @@ impl Connection {
     }
 
     fn push_transmit(&mut self, frame: Bytes) {
-        self.queued_bytes += frame.len();
         self.transmit.push_back(frame);
     }
 
@@ -589,10 +548,8 @@ impl Connection {
         }
         let frame = self.encode(OpCode::Pong, payload);
         while self.pongs.len() >= self.config.max_queued_control.max(1) {
-            let dropped = self.pongs.pop_front().expect("len >= 1");
-            self.queued_bytes -= dropped.len();
+            self.pongs.pop_front();
         }
-        self.queued_bytes += frame.len();
         self.pongs.push_back(frame);
     }
 
@@ -617,7 +574,7 @@ impl Connection {
     /// allocation per burst on the fan-out path).
     ///
     /// It is also where a busy connection is told from an idle one without a clock: a
-    /// connection that had traffic before each of its last [`HOT_AFTER`] calls keeps its
+    /// connection that had traffic before each of its last `HOT_AFTER` calls keeps its
     /// message buffers, so receiving and sending reuse the same memory (no allocation per
     /// message); the first call after a quiet spell (a heartbeat ping written, say) frees
     /// them.
@@ -1023,7 +980,13 @@ mod tests {
         let msg = crate::Outgoing::from_text(r#"{"type":"pong"}"#);
         let mut server = Connection::server(ConnectionConfig::default());
         server.send_outgoing(&msg).unwrap();
-        assert_eq!(server.poll_transmit().as_ref(), Some(msg.frame()));
+        let out = server.poll_transmit().unwrap();
+        assert_eq!(&out, msg.frame());
+        assert_eq!(
+            out.as_ptr(),
+            msg.frame().as_ptr(),
+            "fan-out shares the buffer"
+        );
         server.close(1000, "").unwrap();
         assert_eq!(server.send_outgoing(&msg), Err(SendError::Closed));
         let mut client = Connection::client(ConnectionConfig::default(), Rng::from_u64(1));
@@ -1125,7 +1088,6 @@ mod tests {
             }
             out.push((h.opcode, p));
         }
-        assert_eq!(c.queued_bytes(), 0);
         out
     }
 
@@ -1152,7 +1114,7 @@ mod tests {
         assert_eq!(c.state(), State::Closed);
         c.handle_read(&peer(c.role(), true, OpCode::Text, b"ignored"));
         assert!(events(c).is_empty());
-        assert!(!c.has_transmit());
+        assert!(c.poll_transmit().is_none());
         assert_eq!(c.send_text("x"), Err(SendError::Closed));
     }
 
@@ -1606,15 +1568,12 @@ mod tests {
     }
 
     #[test]
-    fn send_paths_and_queue_accounting() {
+    fn send_paths_queue_frames_in_order() {
         for role in BOTH {
             let mut c = conn(role);
             c.send_text("héllo").unwrap();
             c.send_binary(&[1, 2, 3]).unwrap();
             c.send_ping(b"hb").unwrap();
-            assert!(c.has_transmit());
-            let header = if role == Role::Client { 6 } else { 2 };
-            assert_eq!(c.queued_bytes(), 3 * header + 6 + 3 + 2);
             assert_eq!(c.send_ping(&[0; 126]), Err(SendError::ControlTooLong(126)));
             assert_eq!(
                 sent(&mut c),
@@ -1624,7 +1583,7 @@ mod tests {
                     (OpCode::Ping, b"hb".to_vec())
                 ]
             );
-            assert!(!c.has_transmit());
+            assert!(c.poll_transmit().is_none());
         }
     }
 
@@ -1644,34 +1603,6 @@ mod tests {
             .0
             .mask;
         assert!(k1.is_some() && k1 != k2);
-    }
-
-    #[test]
-    fn send_frame_rules() {
-        let shared = encode_frame(true, OpCode::Text, None, b"{\"type\":\"message\"}");
-        let mut a = conn(Role::Server);
-        let mut b = conn(Role::Server);
-        a.send_frame(shared.clone()).unwrap();
-        b.send_frame(shared.clone()).unwrap();
-        let out = a.poll_transmit().unwrap();
-        assert_eq!(out.as_ptr(), shared.as_ptr(), "fan-out shares the buffer");
-        assert_eq!(b.queued_bytes(), shared.len());
-
-        let mut c = conn(Role::Client);
-        assert_eq!(c.send_frame(shared.clone()), Err(SendError::NotServer));
-        let mut s = conn(Role::Server);
-        for bad in [
-            encode_frame(true, OpCode::Text, Some(KEY), b"x"),
-            encode_frame(true, OpCode::Close, None, b"\x03\xe8"),
-            shared.slice(..shared.len() - 1),
-            Bytes::from_static(b"\x81"),
-            Bytes::from_static(b"\x81\x00extra"),
-        ] {
-            assert_eq!(s.send_frame(bad), Err(SendError::InvalidFrame));
-        }
-        assert!(!s.has_transmit());
-        s.close(1001, "").unwrap();
-        assert_eq!(s.send_frame(shared), Err(SendError::Closed));
     }
 
     #[test]

@@ -17,6 +17,82 @@
 //! - [`client::Client`]: the reconnecting client (backoff, rejoin with recovery, offline
 //!   queue, heartbeat), used by the browser package and the native client.
 //!
+//! ## Every input, in one place
+//!
+//! Each machine takes inputs through `handle*` methods and is drained with `poll_*`.
+//! After any input: drain `poll_output`/`poll_event`/`poll_transmit` until `None`, then
+//! read `poll_timeout()` and arm one timer for it. Nothing happens between inputs.
+//!
+//! - [`Hub`], all through [`Hub::handle`]`(now, `[`Input`]`)` (the `handle_*` methods
+//!   are the same inputs one by one):
+//!   - the socket's life: `Connect`, `Text`, `Binary`, `Activity` (any frame proves the
+//!     peer alive), `Flushed` (bytes reached the socket: the slow-consumer budget),
+//!     `Closed`;
+//!   - time and batching: `Timeout` (the deadline of `poll_timeout` passed), `EndBatch`
+//!     (held room messages go out; only with `coalesce_room_messages`);
+//!   - the application: `Decided` (an answer to [`Output::Decide`], with hooks), and the
+//!     server API's mutations (`Join`, `Leave`, `LeaveAll`, `Subscribe`, `Unsubscribe`,
+//!     `CreateRoom`, `RemoveRoom`, `CreateChannel`, `LinkRoom`, `UnlinkRoom`, `Send`,
+//!     `SendRaw`, `Disconnect`, `SetMetadata`, `Shutdown`);
+//!   - a backplane (several nodes): `Remote`, `Appended`, `Logged`, `Loaded`,
+//!     `LoadFailed`, `BackplaneResync`, `Control`.
+//!
+//!   Outputs come from [`Hub::poll_output`] ([`Output`]); reads that change nothing
+//!   (stats, members, history) are plain `&self` methods.
+//! - [`connection::Connection`]: `handle_read(bytes)` and the `send_*` / `close`
+//!   calls; out come [`connection::WsEvent`]s (`poll_event`) and whole frames to write
+//!   (`poll_transmit`). It has no timers: the hub owns heartbeats.
+//! - [`client::Client`]: `handle_open`, `handle_message`, `handle_close`,
+//!   `handle_token`, `handle_timeout` and the requests (`join`, `leave`, `publish`,
+//!   ...); out come [`client::ClientOutput`]s (`poll_output`) and `poll_timeout`.
+//!
+//! ## The byte path, natively
+//!
+//! Natively the bytes of a socket go through a [`connection::Connection`] before the hub
+//! sees a message, and the hub's outputs go back through it:
+//!
+//! ```
+//! use roomcast_core::connection::{Connection, ConnectionConfig, WsEvent};
+//! use roomcast_core::hub::ConnectRequest;
+//! use roomcast_core::rng::Rng;
+//! use roomcast_core::{Hub, HubConfig, Output, Timestamp};
+//!
+//! let mut hub = Hub::new(HubConfig::default(), [7; 32], Timestamp(0));
+//! let mut server_side = Connection::server(ConnectionConfig::default());
+//! let id = hub.connect(Timestamp(0), ConnectRequest::default()).unwrap();
+//!
+//! // What a browser would put on the wire (a masked client frame).
+//! let mut browser = Connection::client(ConnectionConfig::default(), Rng::from_u64(1));
+//! browser.send_text(r#"{"type":"ping","id":"1"}"#).unwrap();
+//! let wire = browser.poll_transmit().unwrap();
+//!
+//! // socket read → frames → messages → hub
+//! server_side.handle_read(&wire);
+//! while let Some(ev) = server_side.poll_event() {
+//!     match ev {
+//!         WsEvent::Text(t) => { hub.handle_text(Timestamp(1), id, t.as_str()).unwrap(); }
+//!         _ => { hub.handle_activity(Timestamp(1), id).unwrap(); }
+//!     }
+//! }
+//! // hub → frames → socket write (a room message's frame is shared by every member)
+//! while let Some(out) = hub.poll_output() {
+//!     if let Output::Send { conn, msg } = out {
+//!         assert_eq!(conn, id);
+//!         server_side.send_outgoing(&msg).unwrap();
+//!         hub.handle_flushed(conn, msg.wire_len()).unwrap();
+//!     }
+//! }
+//! while let Some(bytes) = server_side.poll_transmit() {
+//!     browser.handle_read(&bytes);
+//! }
+//! let mut got = Vec::new();
+//! while let Some(WsEvent::Text(t)) = browser.poll_event() {
+//!     got.push(t.as_str().to_owned());
+//! }
+//! assert!(got[0].contains(r#""type":"welcome""#));
+//! assert!(got[1].contains(r#""type":"pong""#));
+//! ```
+//!
 //! ## The run loop
 //!
 //! Feed an input, drain every output, then arm one timer for `poll_timeout()`:

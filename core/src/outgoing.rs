@@ -52,7 +52,8 @@ impl Outgoing {
     pub fn text(&self) -> &str {
         let payload = &self.frame[self.header_len as usize..];
         // Built only from `&str` pieces and serde_json output, so always UTF-8; the
-        // check is cheap next to a socket write and keeps the crate free of `unsafe`.
+        // check is cheap next to a socket write and keeps this type free of `unsafe`
+        // (the crate's one `unsafe` block is `TextMessage::as_str`, justified there).
         std::str::from_utf8(payload).expect("Outgoing payloads are built from UTF-8 text")
     }
 

@@ -16,6 +16,7 @@ use slab::Slab;
 use super::auth::ConnAuth;
 use super::decisions::Parked;
 use super::types::{ConnId, ConnState, HubError};
+use crate::hash::Map;
 use crate::protocol;
 use crate::ratelimit::TokenBucket;
 use crate::time::Timestamp;
@@ -155,6 +156,10 @@ pub(crate) struct Conns {
     slab: Slab<Conn>,
     open: usize,
     next_gen: u32,
+    /// Slot by generation (the number at the end of a wire id): a backplane message
+    /// names the publisher it skips by wire id, and finding it must not scan every
+    /// connection once per message.
+    by_gen: Map<u32, usize>,
 }
 
 impl Conns {
@@ -163,6 +168,7 @@ impl Conns {
             slab: Slab::new(),
             open: 0,
             next_gen: 1,
+            by_gen: Map::default(),
         }
     }
 
@@ -170,10 +176,12 @@ impl Conns {
     pub(crate) fn restore(entries: Vec<(usize, Conn)>) -> Conns {
         let max_gen = entries.iter().map(|(_, c)| c.id.gen()).max().unwrap_or(0);
         let slab: Slab<Conn> = entries.into_iter().collect();
+        let by_gen = slab.iter().map(|(s, c)| (c.id.gen(), s)).collect();
         Conns {
             open: slab.len(),
             slab,
             next_gen: max_gen.wrapping_add(1).max(1),
+            by_gen,
         }
     }
 
@@ -186,8 +194,10 @@ impl Conns {
 
     /// Stores a record made for the id [`Conns::next_id`] gave.
     pub(crate) fn insert(&mut self, conn: Conn) {
+        let gen = conn.id.gen();
         let s = self.slab.insert(conn);
         debug_assert_eq!(s, self.slab[s].id.slot());
+        self.by_gen.insert(gen, s);
         self.open += 1;
     }
 
@@ -200,7 +210,10 @@ impl Conns {
 
     pub(crate) fn free(&mut self, s: usize) {
         debug_assert_eq!(self.slab[s].state, ConnState::Closing);
-        self.slab.remove(s);
+        let gone = self.slab.remove(s);
+        if self.by_gen.get(&gone.id.gen()) == Some(&s) {
+            self.by_gen.remove(&gone.id.gen());
+        }
     }
 
     /// The slot of a known connection (open or closing).
@@ -220,6 +233,14 @@ impl Conns {
         } else {
             Err(HubError::UnknownConnection(id))
         }
+    }
+
+    /// The slot of the connection with this wire id (open or closing), without a scan.
+    pub(crate) fn by_wire(&self, wire: &str) -> Option<usize> {
+        let (_, gen) = wire.rsplit_once('-')?;
+        let gen = u32::from_str_radix(gen, 16).ok()?;
+        let s = *self.by_gen.get(&gen)?;
+        (&*self.slab[s].wire == wire).then_some(s)
     }
 
     pub(crate) fn get(&self, id: ConnId) -> Option<&Conn> {
@@ -259,6 +280,7 @@ impl Conns {
         let mut open = 0;
         for (s, c) in self.slab.iter() {
             assert_eq!(c.id.slot(), s, "conn id slot mismatch");
+            assert_eq!(self.by_wire(&c.wire), Some(s), "wire id index");
             if c.state == ConnState::Open {
                 open += 1;
             } else {
@@ -269,6 +291,7 @@ impl Conns {
             }
         }
         assert_eq!(open, self.open, "open connection count");
+        assert_eq!(self.by_gen.len(), self.slab.len(), "wire id index size");
     }
 }
 

@@ -9,7 +9,7 @@ use super::input::Recipient;
 use super::members::Asker;
 use super::messages;
 use super::publish::Publish;
-use super::types::{ConnId, Delivery, HubError, Origin, RoomOptions};
+use super::types::{ConnId, ConnState, Delivery, HubError, Origin, RoomOptions};
 use super::Hub;
 use crate::outgoing::Outgoing;
 use crate::protocol;
@@ -448,11 +448,11 @@ impl Hub {
     }
 
     /// The open connection clients know as `wire_id` (`conn` in `welcome`, `from` and
-    /// presence). A scan: for the HTTP API and admin tools, not per message.
+    /// presence). One hash lookup: a backplane message names the publisher it skips
+    /// this way.
     pub fn find_connection(&self, wire_id: &str) -> Option<ConnId> {
-        self.conns
-            .open_ids()
-            .find(|&id| self.conns.get(id).is_some_and(|c| &*c.wire == wire_id))
+        let c = &self.conns[self.conns.by_wire(wire_id)?];
+        (c.state == ConnState::Open).then_some(c.id)
     }
 
     /// A room's members as others see them: `{"conn","user","info"}` JSON objects.

@@ -227,3 +227,37 @@ fn one_input_vocabulary_drives_the_hub() {
     hub.check_invariants();
     assert!(hub.is_empty());
 }
+
+#[test]
+fn connections_are_found_by_wire_id_and_never_by_a_stale_or_foreign_one() {
+    let mut t = T::new();
+    let wire = |t: &mut T, user: &str| {
+        let (id, w) = t.connect_with(ConnectRequest {
+            user: Some(user.to_owned()),
+            ..Default::default()
+        });
+        (id, w[0]["conn"].as_str().unwrap().to_owned())
+    };
+    let (a, wa) = wire(&mut t, "a");
+    let (b, wb) = wire(&mut t, "b");
+    assert_eq!(t.hub.find_connection(&wa), Some(a));
+    assert_eq!(t.hub.find_connection(&wb), Some(b));
+    t.hub
+        .handle_disconnect(Timestamp(t.now), a, DisconnectReason::Closed { code: None })
+        .unwrap();
+    t.drain();
+    assert_eq!(t.hub.find_connection(&wa), None, "gone");
+    // the next connection takes a's slot, never its wire id
+    let (c, wc) = wire(&mut t, "c");
+    assert_eq!(c.slot(), a.slot());
+    assert_ne!(wc, wa);
+    assert_eq!(t.hub.find_connection(&wa), None);
+    assert_eq!(t.hub.find_connection(&wc), Some(c));
+    // another node's connection with the same number is not this one
+    let (_, gen) = wb.rsplit_once('-').unwrap();
+    assert_eq!(t.hub.find_connection(&format!("0000beef-{gen}")), None);
+    for junk in ["", "-", "x", "zz-zz", &format!("{wb}0")] {
+        assert_eq!(t.hub.find_connection(junk), None, "{junk:?}");
+    }
+    t.hub.check_invariants();
+}
