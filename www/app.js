@@ -160,8 +160,13 @@ function renderPeople() {
   document.querySelector(".people").classList.toggle("stale", rosterStale);
 }
 
+// The room is watched per user (`presence: "users"`): someone with two tabs open is one
+// person here, and closing one of them is not leaving. Anonymous visitors count one per
+// connection.
+const personOf = (p) => (p.user == null ? `conn:${p.conn}` : `user:${p.user}`);
+
 function setRoster(present) {
-  roster = new Map((present ?? []).map((p) => [p.conn, p.user]));
+  roster = new Map((present ?? []).map((p) => [personOf(p), p.user]));
   rosterStale = false;
   renderPeople();
 }
@@ -304,8 +309,8 @@ async function start(name, roomName) {
   client.on("left", (l) => addNotice(`The server took you out of #${l.room} (${l.reason}).`));
   client.on("presence", (p) => {
     if (p.room !== room) return;
-    for (const x of p.left) roster.delete(x.conn);
-    for (const x of p.joined) roster.set(x.conn, x.user);
+    for (const x of p.left) roster.delete(personOf(x));
+    for (const x of p.joined) roster.set(personOf(x), x.user);
     renderPeople();
   });
   client.on("recovered", (r) => {
@@ -325,7 +330,7 @@ async function start(name, roomName) {
   $("join").hidden = true;
   $("chat").hidden = false;
   $("text").focus();
-  return client.join(room, { presence: true }).then(
+  return client.join(room, { presence: "users" }).then(
     (ack) => setRoster(ack.present),
     (err) => fail(`Could not join: ${err.message} (${err.code})`));
 }

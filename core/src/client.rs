@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::close::code as close;
-use crate::protocol::{self, HEARTBEAT_PING};
+use crate::protocol::{self, Presence, HEARTBEAT_PING};
 use crate::rng::Rng;
 use crate::time::{Clock, Timestamp};
 
@@ -141,6 +141,9 @@ pub struct Message {
     pub from: Option<Peer>,
     /// Raw JSON data.
     pub data: String,
+    /// When the server accepted it (ms since the Unix epoch); `None` from a server
+    /// that does not say.
+    pub ts: Option<u64>,
 }
 
 /// What the application hears.
@@ -287,7 +290,7 @@ pub enum ClientError {
 
 #[derive(Debug, Clone)]
 struct RoomState {
-    presence: bool,
+    presence: Presence,
     epoch: Option<String>,
     last_seq: Option<u64>,
     /// A join is in flight on the current socket: hold this room's messages until its
@@ -393,6 +396,8 @@ struct ServerMsg<'a> {
     channel: Option<String>,
     #[serde(default)]
     seq: Option<u64>,
+    #[serde(default)]
+    ts: Option<u64>,
     #[serde(default)]
     epoch: Option<String>,
     #[serde(default)]
@@ -583,9 +588,11 @@ impl Client {
     // -----------------------------------------------------------------------------------
     // Application API
 
-    /// Joins a room (now, or as soon as connected) and keeps it joined across reconnects.
-    /// Returns the request id its ack or error will carry.
-    pub fn join(&mut self, room: &str, presence: bool) -> Result<u64, ClientError> {
+    /// Joins a room (now, or as soon as connected) and keeps it joined across reconnects,
+    /// with presence off (`false`), per connection (`true`) or per user
+    /// ([`Presence::Users`]). Returns the request id its ack or error will carry.
+    pub fn join(&mut self, room: &str, presence: impl Into<Presence>) -> Result<u64, ClientError> {
+        let presence = presence.into();
         self.check_open_or_pending()?;
         if !protocol::valid_name(room) {
             return Err(ClientError::BadName);
@@ -811,8 +818,10 @@ impl Client {
         r.pending_join = Some(id);
         r.held.clear();
         let mut v = serde_json::json!({"type":"join","room":room,"id":id});
-        if r.presence {
-            v["presence"] = true.into();
+        match r.presence {
+            Presence::Off => {}
+            Presence::Connections => v["presence"] = true.into(),
+            Presence::Users => v["presence"] = "users".into(),
         }
         if let (Some(seq), Some(epoch)) = (r.last_seq, &r.epoch) {
             v["since"] = seq.into();
@@ -1001,7 +1010,7 @@ impl Client {
     fn on_joined(&mut self, msg: ServerMsg<'_>, text: &str) {
         let Some(room) = msg.room else { return };
         self.rooms.entry(room.clone()).or_insert(RoomState {
-            presence: false,
+            presence: Presence::Off,
             epoch: msg.epoch,
             last_seq: msg.seq,
             pending_join: None,
@@ -1031,6 +1040,7 @@ impl Client {
             data: msg
                 .data
                 .map_or_else(|| "null".to_owned(), |d| d.get().to_owned()),
+            ts: msg.ts,
         };
         if let Via::Room { room, seq } = via {
             let Some(r) = self.rooms.get_mut(&room) else {

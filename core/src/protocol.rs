@@ -137,6 +137,36 @@ pub enum Target<'a> {
     User(Cow<'a, str>),
 }
 
+/// What presence a `join` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Presence {
+    /// None (`presence` absent or `false`): joins at no presence cost.
+    #[default]
+    Off,
+    /// Every connection (`true`): a user with two tabs is two entries.
+    Connections,
+    /// Every user once (`"users"`): `joined` when a user's first connection joins,
+    /// `left` when their last one leaves; anonymous connections count one each.
+    Users,
+}
+
+impl Presence {
+    /// Whether any presence is asked (what the `presence` right guards).
+    pub fn is_on(self) -> bool {
+        self != Presence::Off
+    }
+}
+
+impl From<bool> for Presence {
+    fn from(on: bool) -> Presence {
+        if on {
+            Presence::Connections
+        } else {
+            Presence::Off
+        }
+    }
+}
+
 /// A client request, borrowed from the message text.
 #[derive(Debug, Clone)]
 pub enum Request<'a> {
@@ -148,8 +178,8 @@ pub enum Request<'a> {
         since: Option<u64>,
         /// The epoch that seq belongs to.
         epoch: Option<Cow<'a, str>>,
-        /// Whether to receive presence events.
-        presence: bool,
+        /// Which presence events to receive.
+        presence: Presence,
         /// A room token (private rooms).
         token: Option<Cow<'a, str>>,
     },
@@ -358,7 +388,17 @@ fn typed<'a>(raw: &RawRequest<'a>) -> Result<Request<'a>, Rejection> {
                 ),
             };
             let epoch = raw.epoch.map(|r| string_field(r, "epoch")).transpose()?;
-            let presence = optional_bool(raw.presence, "presence")?;
+            let presence = match raw.presence.map(RawValue::get) {
+                Some(r#""users""#) => Presence::Users,
+                Some(r#""connections""#) => Presence::Connections,
+                None | Some("false") => Presence::Off,
+                Some("true") => Presence::Connections,
+                Some(_) => {
+                    return Err(bad_request(
+                        "`presence` must be a boolean, \"connections\" or \"users\"",
+                    ))
+                }
+            };
             let token = raw.token.map(|r| string_field(r, "token")).transpose()?;
             check_name(&room, "room")?;
             Ok(Request::Join {
@@ -527,6 +567,27 @@ mod tests {
             r#"{"type":"join","room":"a","room":"b"}"#,
         ] {
             assert_eq!(code(t), Some(ErrorCode::BadRequest), "{t}");
+        }
+    }
+
+    #[test]
+    fn presence_is_off_per_connection_or_per_user() {
+        for (v, want) in [
+            ("", Presence::Off),
+            (r#","presence":false"#, Presence::Off),
+            (r#","presence":true"#, Presence::Connections),
+            (r#","presence":"connections""#, Presence::Connections),
+            (r#","presence":"users""#, Presence::Users),
+        ] {
+            let t = format!(r#"{{"type":"join","room":"a"{v}}}"#);
+            match parse_request(&t).request {
+                Ok(Request::Join { presence, .. }) => assert_eq!(presence, want, "{t}"),
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        for v in [r#""Users""#, "1", "[]", r#""""#] {
+            let t = format!(r#"{{"type":"join","room":"a","presence":{v}}}"#);
+            assert_eq!(code(&t), Some(ErrorCode::BadRequest), "{t}");
         }
     }
 

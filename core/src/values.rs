@@ -77,9 +77,26 @@ pub fn parse_millis(v: &str) -> Result<u64, ValueError> {
     scaled(n, mult)
 }
 
+/// As [`parse_millis`], where zero is a setting of its own (it turns a window off).
+pub fn parse_millis_or_zero(v: &str) -> Result<u64, ValueError> {
+    match parse_millis(v) {
+        Err(ValueError::Zero) => Ok(0),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_windows() {
+        assert_eq!(parse_millis_or_zero("0"), Ok(0));
+        assert_eq!(parse_millis_or_zero("0ms"), Ok(0));
+        assert_eq!(parse_millis_or_zero("50ms"), Ok(50));
+        assert!(parse_millis_or_zero("x").is_err());
+        assert_eq!(parse_millis("0"), Err(ValueError::Zero));
+    }
 
     #[test]
     fn sizes() {

@@ -12,7 +12,9 @@
 //! - only the slow reader is closed as a slow consumer;
 //! - join acks count the room's members and list them (`present`, the joiner included);
 //!   presence messages name only other, existing connections with their users, and each
-//!   presence view (the ack's list plus every change after it) ends equal to the room;
+//!   presence view (the ack's list plus every change after it, per connection or per
+//!   user, sent at once or batched over a window) continues without a repeated joined or
+//!   an unknown left and ends equal to the room;
 //! - rejoins with `since`/`epoch` (same epoch, another, none, past the end) replay exactly
 //!   the missed messages when `recovered: true`, nothing or the whole history otherwise,
 //!   and recover whenever the history must hold the messages and never past its count
@@ -62,6 +64,10 @@ fn simulation_many_seeds() {
         assert!(total.bursts > 100, "coalesced bursts: {total:?}");
         assert!(total.presence_entries > 100, "{total:?}");
         assert!(total.presence_views > 100, "{total:?}");
+        // per-user views, and presence batched over a window in a third of the runs
+        assert!(total.user_views > 100, "{total:?}");
+        assert!(total.batched_runs > 100, "{total:?}");
+        assert!(total.presence_batches > 50, "{total:?}");
         // history is off here: rejoins are never recovered from it
         assert!(total.not_recovered > 100, "{total:?}");
     }

@@ -78,7 +78,13 @@ fn request_json(req: &Request) -> String {
     use serde_json::json;
     let v = match req {
         Request::Join(r, p, since) => {
-            let mut v = json!({"type":"join","room":room(*r),"presence":p});
+            // presence off, per connection, or per user (odd rooms)
+            let presence = match (p, r % 2) {
+                (false, _) => json!(false),
+                (true, 0) => json!(true),
+                (true, _) => json!("users"),
+            };
+            let mut v = json!({"type":"join","room":room(*r),"presence":presence});
             if let Some(s) = since {
                 v["since"] = (*s).into();
                 v["epoch"] = "x".into();
@@ -102,6 +108,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
     let (coalesce, ops) = input;
     let config = HubConfig {
         coalesce_room_messages: coalesce,
+        // presence batched over a window in the same runs
+        presence_batch_ms: if coalesce { 50 } else { 0 },
         max_buffered_bytes: 2048,
         max_rooms_per_conn: 4,
         max_subscriptions_per_conn: 2,

@@ -140,3 +140,49 @@ test("the page fits a phone-width window", { timeout: 60_000 }, async () => {
     await killServer(server);
   }
 });
+
+/** Polls the server's `/metrics` until `name` reads `want`. */
+async function metricReaches(addr, name, want) {
+  const deadline = Date.now() + WAIT;
+  let last;
+  while (Date.now() < deadline) {
+    const text = await (await fetch(`http://${addr}/metrics`)).text();
+    last = new RegExp(`^${name} (\\d+)$`, "m").exec(text)?.[1];
+    if (Number(last) === want) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.fail(`${name} stayed ${last}, want ${want}`);
+}
+
+test("two tabs of one person are one person, and closing one of them is not leaving",
+  { timeout: 60_000 }, async () => {
+    browser ??= await launchBrowser();
+    const server = await startServer("127.0.0.1:0", "e2e-server-tabs");
+    const base = `http://${server.addr}/`;
+    const [wes, tab1, tab2] = [await openPage(browser), await openPage(browser), await openPage(browser)];
+    const room = `tabs-${Date.now()}`;
+    try {
+      await joinAs(wes, base, "wes", room);
+      await joinAs(tab1, base, "ann", room);
+      await joinAs(tab2, base, "ann", room);
+      await expectPeople(wes, ["ann", "wes"], "ann's two tabs, one ann");
+      await expectPeople(tab2, ["ann", "wes"], "tab 2's own list");
+
+      await tab1.close();
+      // the server has handled the close once it counts two connections; a message sent
+      // after that carries any presence change before it (the page would show a false
+      // departure by the time the message is on screen)
+      await metricReaches(server.addr, "roomcast_connections", 2);
+      await say(tab2, "still here");
+      await expectTexts(wes, ["still here"], "wes");
+      await expectPeople(wes, ["ann", "wes"], "ann stays while a tab of hers is open");
+
+      await tab2.close();
+      await expectPeople(wes, ["wes"], "ann leaves with her last tab");
+    } catch (err) {
+      await saveScreenshots("tabs", { wes });
+      throw err;
+    } finally {
+      await killServer(server);
+    }
+  });

@@ -297,7 +297,7 @@ def history_server():
 
 
 # Runtimes whose default configuration keeps room history (enough for a few messages).
-HISTORY_BY_DEFAULT = {"native": False, "worker": True}
+HISTORY_BY_DEFAULT = {"native": True, "worker": True}
 
 
 @pytest.fixture(scope="session")

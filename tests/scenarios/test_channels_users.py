@@ -23,7 +23,7 @@ async def test_channel_subscribe_publish_unsubscribe(ws_url):
         m = await a.recv()
         assert_fields(
             m,
-            {"type": "message", "channel": ch, "event": "news", "data": [1], "from": b.peer},
+            {"type": "message", "channel": ch, "ts": ..., "event": "news", "data": [1], "from": b.peer},
         )
         await b.assert_quiet()
         await outsider.assert_quiet()
@@ -110,6 +110,7 @@ async def test_user_targeting_two_devices(ws_url):
                 {
                     "type": "message",
                     "user": user,
+                    "ts": ...,
                     "event": "dm",
                     "data": {"hi": 1},
                     "from": {"conn": s.conn, "user": sender_user},

@@ -74,7 +74,7 @@ async def test_recovery_replays_missed_messages(recovery_server):
         for m in before:
             assert_fields(
                 m,
-                {"type": "message", "room": room, "seq": ..., "event": "n", "data": m["seq"], "from": pub.peer},
+                {"type": "message", "room": room, "seq": ..., "ts": ..., "event": "n", "data": m["seq"], "from": pub.peer},
             )
         assert_fields(
             ack,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from rc import Client, assert_fields, is_msg, join, presence_until, uid
 
@@ -107,6 +108,46 @@ async def test_presence_joined_and_left(ws_url):
         await close_all((watcher, quiet, bob, carol))
 
 
+async def test_user_presence_counts_each_user_once(ws_url):
+    """`presence: "users"`: a user's second tab is no news, closing one of two tabs is no
+    departure, the last one is; `present` lists each user once. A per-connection watcher
+    beside it sees every tab (and is the test's sync point)."""
+    ann = uid("ann")
+    watcher, per_conn = await clients(ws_url, 2)
+    tab1 = await Client.open(ws_url, user=ann)
+    tab2 = await Client.open(ws_url, user=ann)
+    late = await Client.open(ws_url)
+    room = uid("room")
+    try:
+        await join(watcher, room, presence="users")
+        await join(per_conn, room, presence=True)
+        await presence_until(watcher, room, joined=[per_conn.peer])
+
+        await join(tab1, room)
+        await presence_until(watcher, room, joined=[tab1.peer])
+        await join(tab2, room)
+        await presence_until(per_conn, room, joined=[tab1.peer, tab2.peer])
+        assert not [m for m in await watcher.barrier() if m.get("type") == "presence"], (
+            "a user's second connection reported as a new user"
+        )
+
+        ack = await join(late, room, presence="users")
+        users = [p["user"] for p in ack["present"]]
+        assert sorted(u for u in users if u == ann) == [ann], ack
+        assert len(ack["present"]) == 4, ack  # watcher, per_conn, ann once, late
+        await presence_until(watcher, room, joined=[late.peer])
+
+        await tab1.close()
+        await presence_until(per_conn, room, left=[tab1.peer])
+        assert not [m for m in await watcher.barrier() if m.get("type") == "presence"], (
+            "a false `left` for a user still in the room"
+        )
+        await tab2.close()
+        await presence_until(watcher, room, left=[tab2.peer])
+    finally:
+        await close_all((watcher, per_conn, tab1, tab2, late))
+
+
 async def test_second_join_acked_without_presence_change(ws_url):
     watcher, b = await clients(ws_url, 2)
     room = uid("room")
@@ -177,14 +218,19 @@ async def test_room_publish_without_echo(ws_url):
         await a.send({"type": "publish", "room": room, "event": "chat", "data": data, "id": 9})
         ack = await a.recv()
         assert_fields(ack, {"type": "ack", "id": 9, "delivered": 2, "seq": 1})
+        sent_at = time.time() * 1000
         for x in (b, c):
             m = await x.recv()
+            # `ts`: the server's Unix time in ms (a clock check, not a latency one: the
+            # server and this test read the same machine's clock)
+            assert isinstance(m["ts"], int) and abs(m["ts"] - sent_at) < 60_000, m
             assert_fields(
                 m,
                 {
                     "type": "message",
                     "room": room,
                     "seq": 1,
+                    "ts": ...,
                     "event": "chat",
                     "data": data,
                     "from": {"conn": a.conn, "user": alice_user},

@@ -114,6 +114,7 @@ mod tests {
             rooms: vec![RoomMembership {
                 room: "r".into(),
                 presence: true,
+                users: true,
                 seq: 3,
             }],
             channels: vec!["c".into()],

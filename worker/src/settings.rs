@@ -17,8 +17,8 @@ use thiserror::Error;
 /// The subprotocol offered to clients that ask for one (same as the native server).
 pub const SUBPROTOCOL: &str = "roomcast.v1";
 
-/// Messages kept per room when `ROOMCAST_HISTORY` is not set.
-pub const DEFAULT_HISTORY: usize = 100;
+/// Messages kept per room when `ROOMCAST_HISTORY` is not set (the native server's too).
+pub use roomcast_core::hub::DEFAULT_HISTORY;
 
 /// Every variable read, for documentation and error messages.
 pub const VARIABLES: &[&str] = &[
@@ -35,6 +35,7 @@ pub const VARIABLES: &[&str] = &[
     "ROOMCAST_MAX_MESSAGE_SIZE",
     "ROOMCAST_HISTORY",
     "ROOMCAST_HISTORY_AGE",
+    "ROOMCAST_PRESENCE_BATCH",
     "ROOMCAST_PING_INTERVAL",
     "ROOMCAST_PONG_TIMEOUT",
     "ROOMCAST_HISTORY_MAX_BYTES",
@@ -135,6 +136,7 @@ impl Settings {
                 max_messages: DEFAULT_HISTORY,
                 ..HistoryConfig::default()
             },
+            presence_batch_ms: roomcast_core::hub::PRESENCE_BATCH_MS,
             ..HubConfig::default()
         };
         if let Some((name, v)) = get("ROOMCAST_MAX_CONNECTIONS") {
@@ -146,11 +148,12 @@ impl Settings {
         if let Some((name, v)) = get("ROOMCAST_HISTORY") {
             hub.history.max_messages = parse_count(name, &v, 0)?;
         }
-        // Worker only: the native server keeps history in memory for a fixed 5 minutes;
-        // a Durable Object keeps it in storage and may keep it longer (or, for tests,
-        // shorter, to watch the expiry alarm fire).
         if let Some((name, v)) = get("ROOMCAST_HISTORY_AGE") {
             hub.history.max_age_ms = parse_millis(name, &v)?;
+        }
+        if let Some((name, v)) = get("ROOMCAST_PRESENCE_BATCH") {
+            hub.presence_batch_ms =
+                values::parse_millis_or_zero(&v).map_err(|e| bad(name, &v, e.to_string()))?;
         }
         if let Some((name, v)) = get("ROOMCAST_PING_INTERVAL") {
             hub.heartbeat.interval_ms = parse_millis(name, &v)?;
@@ -415,6 +418,7 @@ mod tests {
         assert_eq!(s.hub.heartbeat.interval_ms, d.heartbeat.interval_ms);
         assert_eq!(s.hub.history.max_messages, DEFAULT_HISTORY);
         assert_eq!(s.hub.history.max_age_ms, d.history.max_age_ms);
+        assert_eq!(s.hub.presence_batch_ms, 50, "the native server's window");
         assert_eq!(s.hub.max_rooms_per_conn, d.max_rooms_per_conn);
         assert_eq!(s.hub.max_rooms, None);
         assert_eq!(s.hub.max_message_size, 1 << 20);
@@ -429,6 +433,7 @@ mod tests {
             ("ROOMCAST_MAX_MESSAGE_SIZE", "64KiB"),
             ("ROOMCAST_HISTORY", "0"),
             ("ROOMCAST_HISTORY_AGE", "2m"),
+            ("ROOMCAST_PRESENCE_BATCH", "0"),
             ("ROOMCAST_PING_INTERVAL", "500ms"),
             ("ROOMCAST_PONG_TIMEOUT", "2s"),
             ("ROOMCAST_MAX_ROOMS", "5000"),
@@ -443,6 +448,7 @@ mod tests {
         assert_eq!(s.hub.max_message_size, 65536);
         assert_eq!(s.hub.history.max_messages, 0);
         assert_eq!(s.hub.history.max_age_ms, 120_000);
+        assert_eq!(s.hub.presence_batch_ms, 0);
         assert_eq!(s.hub.heartbeat.interval_ms, 500);
         assert_eq!(s.hub.heartbeat.timeout_ms, 2000);
         assert_eq!(

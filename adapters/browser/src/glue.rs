@@ -7,6 +7,7 @@
 //! parsed once by the browser instead of being decoded into Rust values and rebuilt.
 
 use roomcast_core::client::{ClientConfig, ClientEvent, ClientState, Peer, PublishTarget, Via};
+use roomcast_core::protocol::Presence;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -70,12 +71,44 @@ impl Options {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinOptions {
-    /// Ask for this room's presence events (and the `present` list in the ack).
+    /// Ask for this room's presence events (and the `present` list in the ack): `true`
+    /// or `"connections"` per connection, `"users"` per user.
     #[serde(default)]
-    pub presence: Option<bool>,
+    pub presence: Option<PresenceOption>,
+}
+
+/// `presence` as a page may write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum PresenceOption {
+    /// `true` / `false`.
+    On(bool),
+    /// `"connections"` / `"users"`.
+    Kind(PresenceKind),
+}
+
+/// The named kinds of presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceKind {
+    /// Every connection.
+    Connections,
+    /// Every user once.
+    Users,
 }
 
 impl JoinOptions {
+    /// The presence asked for.
+    pub fn presence(&self) -> Presence {
+        match self.presence {
+            None | Some(PresenceOption::On(false)) => Presence::Off,
+            Some(PresenceOption::On(true) | PresenceOption::Kind(PresenceKind::Connections)) => {
+                Presence::Connections
+            }
+            Some(PresenceOption::Kind(PresenceKind::Users)) => Presence::Users,
+        }
+    }
+
     /// Parses `JSON.stringify(options)`; `None` means no options.
     pub fn parse(json: Option<&str>) -> Result<JoinOptions, String> {
         match json {
@@ -255,6 +288,9 @@ pub fn event_payload(e: &ClientEvent, wall_now: u64) -> (&'static str, String) {
                 }
                 Via::Direct => {}
             }
+            if let Some(ts) = m.ts {
+                out.push_str(&format!("\"ts\":{ts},"));
+            }
             out.push_str("\"event\":");
             push_str(&mut out, &m.event);
             out.push_str(",\"data\":");
@@ -348,12 +384,21 @@ mod tests {
         assert!(Options::parse(Some(r#"{"ackTimeoutMs":-1}"#)).is_err());
         assert!(Options::parse(Some(r#"{"ackTimeoutMs":1.5}"#)).is_err());
         assert!(JoinOptions::parse(Some(r#"{"presense":true}"#)).is_err());
-        assert_eq!(
-            JoinOptions::parse(Some(r#"{"presence":true}"#))
-                .unwrap()
-                .presence,
-            Some(true)
-        );
+        for (text, want) in [
+            ("{}", Presence::Off),
+            (r#"{"presence":false}"#, Presence::Off),
+            (r#"{"presence":true}"#, Presence::Connections),
+            (r#"{"presence":"connections"}"#, Presence::Connections),
+            (r#"{"presence":"users"}"#, Presence::Users),
+        ] {
+            assert_eq!(
+                JoinOptions::parse(Some(text)).unwrap().presence(),
+                want,
+                "{text}"
+            );
+        }
+        assert!(JoinOptions::parse(Some(r#"{"presence":"Users"}"#)).is_err());
+        assert!(JoinOptions::parse(Some(r#"{"presence":1}"#)).is_err());
     }
 
     #[test]
@@ -387,12 +432,13 @@ mod tests {
                 info: None,
             }),
             data: r#"{"text":"hi \"you\""}"#.into(),
+            ts: Some(1_800_000_000_000),
         });
         assert_eq!(
             parsed(&m),
             (
                 "message",
-                json!({"room":"lobby","seq":7,"event":"say","data":{"text":"hi \"you\""},
+                json!({"room":"lobby","seq":7,"ts":1_800_000_000_000_u64,"event":"say","data":{"text":"hi \"you\""},
                        "from":{"conn":"c1","user":null}})
             )
         );
@@ -401,6 +447,7 @@ mod tests {
             event: "e".into(),
             from: None,
             data: "null".into(),
+            ts: None,
         });
         assert_eq!(parsed(&m).1, json!({"event":"e","data":null,"from":null}));
     }

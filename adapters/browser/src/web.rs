@@ -46,8 +46,10 @@ export interface RoomcastOptions {
 
 /** Options of `join(room, options)`. */
 export interface RoomcastJoinOptions {
-  /** Receive this room's `presence` events and a `present` list in the ack. */
-  presence?: boolean;
+  /** Receive this room's `presence` events and a `present` list in the ack: `true` (or
+   * `"connections"`) for every connection, `"users"` for every user once (a user's
+   * second tab is no news, closing one of two tabs is no departure). */
+  presence?: boolean | "connections" | "users";
 }
 
 /** A connection as the server shows it. */
@@ -101,6 +103,8 @@ export interface RoomcastMessage {
   data: unknown;
   /** The sender, or null when the server sent it. */
   from: RoomcastPeer | null;
+  /** When the server accepted it, in ms since the Unix epoch (as `Date.now()`). */
+  ts?: number;
 }
 
 export interface RoomcastPresence { room: string; joined: RoomcastPeer[]; left: RoomcastPeer[] }
@@ -641,7 +645,7 @@ impl RoomcastClient {
             self.inner
                 .machine
                 .borrow_mut()
-                .join(&room, opts.presence.unwrap_or(false))
+                .join(&room, opts.presence())
                 .map_err(client_error)
         })();
         self.inner.request(r)

@@ -85,8 +85,12 @@ impl std::fmt::Debug for ApiKey {
 
 impl Default for Config {
     fn default() -> Self {
+        let mut hub = HubConfig::default();
+        // the server keeps history by default, as the Worker does
+        hub.history.max_messages = roomcast_core::hub::DEFAULT_HISTORY;
+        hub.presence_batch_ms = roomcast_core::hub::PRESENCE_BATCH_MS;
         Config {
-            hub: HubConfig::default(),
+            hub,
             allowed_origins: Vec::new(),
             subprotocols: vec![SUBPROTOCOL.to_owned()],
             ws_path: "/ws".to_owned(),
@@ -109,8 +113,8 @@ impl Default for Config {
 impl Config {
     /// Shares rooms with every node on the same Redis (`--redis`): room seqs, history
     /// and recovery live in Redis; channels, users and broadcasts reach every node.
-    /// Recovery needs a node's cache of the log, so history is on (100 messages) unless
-    /// configured.
+    /// Recovery needs a node's cache of the log, so history is on (100 messages) even
+    /// where it was turned off.
     pub fn with_redis(mut self, redis: crate::RedisConfig) -> Config {
         self.hub.backplane = true;
         if self.hub.history.max_messages == 0 {

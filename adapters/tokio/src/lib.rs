@@ -77,3 +77,5 @@ pub use roomcast_core::hub::{
     Answer, ConnId, ConnectRequest, Delivery, DisconnectReason, Event, HookConfig, Hub, HubConfig,
     HubError, RoomOptions, Stats,
 };
+/// What presence a join asks for (`ReconnectingClient::join` takes a `bool` or this).
+pub use roomcast_core::protocol::Presence;

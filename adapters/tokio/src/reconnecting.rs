@@ -41,6 +41,7 @@ use std::sync::Arc;
 use roomcast_core::client::{
     Client, ClientConfig, ClientError as MachineError, ClientEvent, ClientOutput,
 };
+use roomcast_core::protocol::Presence;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -72,7 +73,7 @@ pub enum RequestError {
 type Reply = oneshot::Sender<Result<String, RequestError>>;
 
 enum Cmd {
-    Join(String, bool, Reply),
+    Join(String, Presence, Reply),
     Leave(String, Reply),
     Subscribe(String, Reply),
     Unsubscribe(String, Reply),
@@ -199,7 +200,12 @@ impl ReconnectingClient {
     }
 
     /// Joins a room and keeps it joined across reconnects; resolves with the ack JSON.
-    pub async fn join(&self, room: &str, presence: bool) -> Result<String, RequestError> {
+    /// Presence: `false`, `true` (per connection) or [`Presence::Users`] (per user).
+    pub async fn join(
+        &self,
+        room: &str,
+        presence: impl Into<Presence>,
+    ) -> Result<String, RequestError> {
         self.handle.join(room, presence).await
     }
 
@@ -263,8 +269,13 @@ impl Handle {
     }
 
     /// Joins a room and keeps it joined across reconnects; resolves with the ack JSON.
-    pub async fn join(&self, room: &str, presence: bool) -> Result<String, RequestError> {
+    pub async fn join(
+        &self,
+        room: &str,
+        presence: impl Into<Presence>,
+    ) -> Result<String, RequestError> {
         let room = room.to_owned();
+        let presence = presence.into();
         self.ask(|r| Cmd::Join(room, presence, r)).await
     }
 

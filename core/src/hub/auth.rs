@@ -13,7 +13,7 @@ use super::types::{ConnectError, DisconnectReason, Event};
 use super::Hub;
 use crate::auth::{AuthConfig, AuthError, Caps, Identity, Op, RoomGrant, Scope, Verifier};
 use crate::close::code;
-use crate::protocol::{ErrorCode, Rejection, RequestId};
+use crate::protocol::{ErrorCode, Presence, Rejection, RequestId};
 use crate::time::Timestamp;
 
 /// A connection's token state on a hub that checks tokens.
@@ -86,8 +86,9 @@ impl Hub {
         self.config.auth.as_ref().filter(|v| v.enabled())
     }
 
-    /// `now` as Unix milliseconds, for a token's `exp` and `nbf`.
-    fn unix_ms(&self, now: Timestamp) -> u64 {
+    /// `now` as Unix milliseconds: a token's `exp` and `nbf` are read against it, and
+    /// it is every message's `ts`.
+    pub(crate) fn unix_ms(&self, now: Timestamp) -> u64 {
         self.config.clock_unix_ms.saturating_add(now.0)
     }
 
@@ -180,7 +181,7 @@ impl Hub {
             if !crate::protocol::valid_name(&room) {
                 continue;
             }
-            if let Ok((rk, _)) = self.join_slot(s, &room, false, Asker::Server) {
+            if let Ok((rk, _)) = self.join_slot(s, &room, Presence::Off, Asker::Server) {
                 let r = &self.index.rooms[rk];
                 let msg = messages::joined(&r.name, r.members.len(), &r.epoch, r.seq);
                 self.send(id, &msg);

@@ -42,6 +42,18 @@ impl Default for HeartbeatConfig {
     }
 }
 
+/// Messages kept per room by every server runtime unless configured (the native
+/// server's `--history`, the Worker's `ROOMCAST_HISTORY`): one default everywhere, so a
+/// client recovers after a reconnect whichever runtime it talks to. The core's own
+/// [`HistoryConfig::default`] keeps none: embedders and tests opt in.
+pub const DEFAULT_HISTORY: usize = 100;
+
+/// The presence window of every server runtime unless configured (the native server's
+/// `--presence-batch`, the Worker's `ROOMCAST_PRESENCE_BATCH`): short enough to feel
+/// live, long enough that a room reconnecting at once costs each watcher a few
+/// messages rather than one per member.
+pub const PRESENCE_BATCH_MS: u64 = 50;
+
 /// Per-room message history kept for `join` with `since` (recovery after reconnects).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryConfig {
@@ -127,6 +139,10 @@ pub struct HubConfig {
     /// hub reads a token's `exp` on its own clock (0 when that clock is Unix time, as in
     /// a Durable Object; natively the wall time when the clock started).
     pub clock_unix_ms: u64,
+    /// Presence changes of a room within this window go to its watchers as one
+    /// `presence` message (a joined-then-left pair cancels out). 0 sends each change at
+    /// once (this default); the server runtimes batch [`PRESENCE_BATCH_MS`].
+    pub presence_batch_ms: u64,
 }
 
 impl HubConfig {
@@ -157,6 +173,7 @@ impl Default for HubConfig {
             coalesce_room_messages: false,
             auth: None,
             clock_unix_ms: 0,
+            presence_batch_ms: 0,
         }
     }
 }

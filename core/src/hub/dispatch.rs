@@ -13,7 +13,7 @@ use super::publish::Publish;
 use super::types::{ConnState, Event, HubError, Origin};
 use super::{ConnId, Hub};
 use crate::auth::{Op, RoomGrant, Scope};
-use crate::protocol::{self, ErrorCode, Parsed, Rejection, Request, RequestId, Target};
+use crate::protocol::{self, ErrorCode, Parsed, Presence, Rejection, Request, RequestId, Target};
 use crate::ratelimit::Verdict;
 use crate::time::Timestamp;
 
@@ -194,11 +194,11 @@ impl Hub {
                 let grant = token
                     .map(|t| self.room_token(s, &room, &t, now))
                     .transpose()?;
-                self.check_join(s, &room, &pos, presence, grant.as_ref())?;
+                self.check_join(s, &room, &pos, presence.is_on(), grant.as_ref())?;
                 if ask_join {
                     let question = Question::Join {
                         room: room.into_owned(),
-                        presence,
+                        presence: presence.is_on(),
                     };
                     self.park(s, text, question, now);
                     return Ok(());
@@ -418,7 +418,7 @@ impl Hub {
         id: Option<&RequestId>,
         room: &str,
         pos: Position<'_>,
-        presence: bool,
+        presence: Presence,
         grant: Option<RoomGrant>,
         now: Timestamp,
     ) -> Result<(), Rejection> {
@@ -442,9 +442,18 @@ impl Hub {
         }
         let r = &self.index.rooms[rk];
         let conns = &self.conns;
-        let present = presence.then(|| {
+        // per user: each user once (the first of their connections to have joined)
+        let mut users = std::collections::BTreeSet::new();
+        let present = presence.is_on().then(|| {
             r.members
                 .iter()
+                .filter(move |&&m| {
+                    presence == Presence::Connections
+                        || conns[m]
+                            .user
+                            .as_ref()
+                            .is_none_or(|u| users.insert(u.clone()))
+                })
                 .take(self.config.max_present_list)
                 .map(|&m| &*conns[m].peer_json)
         });

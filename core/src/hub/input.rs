@@ -73,7 +73,7 @@ pub enum Input<'a> {
         epoch: &'a str,
         /// The message's seq.
         seq: u64,
-        /// Its body ([`encode_body`](super::encode_body)).
+        /// Its body (opaque: written by the publishing node's hub).
         body: &'a str,
     },
     /// The backplane's answer to an [`Output::Load`](super::Output::Load).

@@ -5,11 +5,10 @@
 
 use serde_json::value::RawValue;
 
-use super::messages;
 use super::timers::Timer;
 use super::types::{Event, HubError};
 use super::Hub;
-use crate::protocol::{ErrorCode, Rejection};
+use crate::protocol::{ErrorCode, Presence, Rejection};
 use crate::time::Timestamp;
 
 /// Who asks for a join: only clients are held to `clients_create_rooms`.
@@ -84,13 +83,13 @@ impl Hub {
         &mut self,
         s: usize,
         room: &str,
-        presence: bool,
+        presence: Presence,
         asker: Asker,
     ) -> Result<(usize, bool), Refusal> {
         let existing = self.index.rooms.key(room);
         if let Some(rk) = existing {
             if self.index.is_member(s, rk) {
-                self.index.set_presence(s, rk, presence);
+                self.set_watch(s, rk, presence);
                 return Ok((rk, true));
             }
         }
@@ -121,12 +120,12 @@ impl Hub {
         Ok((rk, false))
     }
 
-    fn add_member(&mut self, s: usize, rk: usize, presence: bool) {
+    fn add_member(&mut self, s: usize, rk: usize, presence: Presence) {
         self.settle_room(rk);
         self.index.add_member(&mut self.conns, s, rk);
         // tell the watchers first, so the joiner's own presence subscription starts after
-        self.notify_watchers(s, rk, "joined");
-        self.index.set_presence(s, rk, presence);
+        self.notify_watchers(s, rk, true);
+        self.set_watch(s, rk, presence);
         let r = &self.index.rooms[rk];
         let event = Event::Joined {
             conn: self.conns[s].id,
@@ -143,28 +142,15 @@ impl Hub {
         // spent, so a kicked client cannot come back on it.
         self.drop_room_grant(s, rk);
         self.settle_room(rk);
+        self.forget_watch(s, rk);
         self.index.remove_member(&mut self.conns, s, rk);
-        self.notify_watchers(s, rk, "left");
+        self.notify_watchers(s, rk, false);
         let event = Event::Left {
             conn: self.conns[s].id,
             room: self.index.rooms[rk].name.clone(),
         };
         self.fanout.event(event);
         self.maybe_remove_room(rk, now);
-    }
-
-    /// Sends the room's watchers a presence change about slot `s`.
-    fn notify_watchers(&mut self, s: usize, rk: usize, kind: &str) {
-        let room = &self.index.rooms[rk];
-        if room.watchers.is_empty() {
-            return;
-        }
-        let msg = messages::presence(&room.name, kind, &self.conns[s].peer_json);
-        let watchers: Vec<usize> = room.watchers.iter().copied().collect();
-        for w in watchers {
-            let wid = self.conns[w].id;
-            self.send(wid, &msg);
-        }
     }
 
     /// Subscribes slot `s` to `channel` (created if missing) under the one rule set for

@@ -14,9 +14,11 @@ use serde_json::value::RawValue;
 use super::conns::{unlist, Conns};
 use super::fanout::Burst;
 use super::history::RoomLog;
+use super::presence::Batch;
 use super::registry::{Named, Registry};
 use super::types::{ConnId, ConnState};
 use crate::hash::{IndexSet, Map, SeededState};
+use crate::protocol::Presence;
 use crate::time::Timestamp;
 
 /// A room: members in order of joining, its place in the message sequence, its log.
@@ -30,8 +32,11 @@ pub(crate) struct Room {
     /// this node's provisional ones.
     pub(crate) synced: bool,
     pub(crate) members: IndexSet<usize>,
-    /// Members that joined with `presence: true`.
+    /// Members that joined with `presence: true`: told of every connection.
     pub(crate) watchers: IndexSet<usize>,
+    /// Members that joined with `presence: "users"`: told of each user's first
+    /// connection in and last one out.
+    pub(crate) user_watchers: IndexSet<usize>,
     /// Channels it is linked to.
     pub(crate) channels: IndexSet<usize>,
     pub(crate) log: RoomLog,
@@ -42,6 +47,8 @@ pub(crate) struct Room {
     pub(crate) expiry_at: Option<Timestamp>,
     /// Room messages published but not yet handed to the members (coalescing).
     pub(crate) burst: Burst,
+    /// Presence changes waiting for the end of their window (`presence_batch_ms`).
+    pub(crate) presence: Option<Box<Batch>>,
 }
 
 impl Room {
@@ -144,6 +151,7 @@ impl Membership {
             synced: false,
             members: set(),
             watchers: set(),
+            user_watchers: set(),
             channels: set(),
             log: RoomLog::new(),
             data,
@@ -151,6 +159,7 @@ impl Membership {
             persistent,
             expiry_at: None,
             burst: Burst::new(&self.hasher),
+            presence: None,
         })
     }
 
@@ -173,8 +182,16 @@ impl Membership {
         self.channels[ck].subscribers.contains(&s)
     }
 
-    pub(crate) fn watches(&self, s: usize, rk: usize) -> bool {
-        self.rooms[rk].watchers.contains(&s)
+    /// The presence member `s` of room `rk` receives.
+    pub(crate) fn watches(&self, s: usize, rk: usize) -> Presence {
+        let room = &self.rooms[rk];
+        if room.watchers.contains(&s) {
+            Presence::Connections
+        } else if room.user_watchers.contains(&s) {
+            Presence::Users
+        } else {
+            Presence::Off
+        }
     }
 
     pub(crate) fn add_member(&mut self, conns: &mut Conns, s: usize, rk: usize) {
@@ -184,16 +201,23 @@ impl Membership {
     pub(crate) fn remove_member(&mut self, conns: &mut Conns, s: usize, rk: usize) {
         delist(&mut self.rooms, rk, &mut conns[s].rooms, s);
         self.rooms[rk].watchers.swap_remove(&s);
+        self.rooms[rk].user_watchers.swap_remove(&s);
     }
 
-    /// Turns a member's presence subscription on or off.
-    pub(crate) fn set_presence(&mut self, s: usize, rk: usize, presence: bool) {
+    /// Sets which presence a member receives (none, per connection, per user).
+    pub(crate) fn set_presence(&mut self, s: usize, rk: usize, presence: Presence) {
         let room = &mut self.rooms[rk];
         debug_assert!(room.members.contains(&s), "presence is for members");
-        if presence {
-            room.watchers.insert(s);
-        } else {
-            room.watchers.swap_remove(&s);
+        room.watchers.swap_remove(&s);
+        room.user_watchers.swap_remove(&s);
+        match presence {
+            Presence::Off => {}
+            Presence::Connections => {
+                room.watchers.insert(s);
+            }
+            Presence::Users => {
+                room.user_watchers.insert(s);
+            }
         }
     }
 
@@ -294,6 +318,10 @@ impl Membership {
             }
             for &w in r.watchers.iter() {
                 assert!(r.members.contains(&w), "watcher is not a member");
+                assert!(!r.user_watchers.contains(&w), "watcher of both kinds");
+            }
+            for &w in r.user_watchers.iter() {
+                assert!(r.members.contains(&w), "user watcher is not a member");
             }
             for &ck in r.channels.iter() {
                 assert!(

@@ -21,13 +21,25 @@ pub(crate) enum Via<'a> {
     Direct,
 }
 
-/// A `message`: target, event, sender (`null` for the server) and data.
-pub(crate) fn message(
-    via: Via<'_>,
-    event: &str,
-    from: Option<&[u8]>,
-    data: Option<&RawValue>,
-) -> Outgoing {
+/// What a `message` carries besides its target.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Content<'a> {
+    pub(crate) event: &'a str,
+    /// The sender's `{"conn","user"}` JSON, `None` for the server.
+    pub(crate) from: Option<&'a [u8]>,
+    pub(crate) data: Option<&'a RawValue>,
+    /// When the server accepted it, in ms since the Unix epoch (`ts`).
+    pub(crate) ts: u64,
+}
+
+/// A `message`: target, server time, event, sender (`null` for the server) and data.
+pub(crate) fn message(via: Via<'_>, c: &Content<'_>) -> Outgoing {
+    let Content {
+        event,
+        from,
+        data,
+        ts,
+    } = *c;
     Outgoing::build(|b| {
         protocol::write_head(b, "message", None);
         match via {
@@ -47,6 +59,8 @@ pub(crate) fn message(
             }
             Via::Direct => {}
         }
+        b.extend_from_slice(b",\"ts\":");
+        protocol::write_u64(b, ts);
         b.extend_from_slice(b",\"event\":");
         protocol::write_str(b, event);
         b.extend_from_slice(b",\"from\":");
@@ -142,6 +156,38 @@ pub(crate) fn presence(room: &str, kind: &str, peer: &[u8]) -> Outgoing {
         b.extend_from_slice(b"\":[");
         b.extend_from_slice(peer);
         b.extend_from_slice(b"]}");
+    })
+}
+
+/// A batch of `presence` changes: `joined` and `left` lists (an empty one is left out).
+pub(crate) fn presence_diff<'a>(
+    room: &str,
+    joined: impl Iterator<Item = &'a [u8]>,
+    left: impl Iterator<Item = &'a [u8]>,
+) -> Outgoing {
+    Outgoing::build(|b| {
+        protocol::write_head(b, "presence", None);
+        b.extend_from_slice(b",\"room\":");
+        protocol::write_str(b, room);
+        for (kind, peers) in [
+            ("joined", joined.collect::<Vec<_>>()),
+            ("left", left.collect()),
+        ] {
+            if peers.is_empty() {
+                continue;
+            }
+            b.extend_from_slice(b",\"");
+            b.extend_from_slice(kind.as_bytes());
+            b.extend_from_slice(b"\":[");
+            for (i, p) in peers.iter().enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                b.extend_from_slice(p);
+            }
+            b.push(b']');
+        }
+        b.push(b'}');
     })
 }
 

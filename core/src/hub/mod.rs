@@ -36,6 +36,7 @@ mod input;
 mod members;
 mod membership;
 mod messages;
+mod presence;
 mod proxy_wire;
 mod publish;
 mod registry;
@@ -45,10 +46,10 @@ mod timers;
 mod types;
 
 pub use backplane::{
-    control_from_json, control_to_json, encode_body, forward_from_json, forward_to_json, Append,
-    AppendTicket, BackplaneError, Control, Load, Loaded,
+    control_from_json, control_to_json, forward_from_json, forward_to_json, Append, AppendTicket,
+    BackplaneError, Control, Load, Loaded,
 };
-pub use config::{HeartbeatConfig, HistoryConfig, HubConfig};
+pub use config::{HeartbeatConfig, HistoryConfig, HubConfig, DEFAULT_HISTORY, PRESENCE_BATCH_MS};
 pub use decisions::{Answer, Decision, HookConfig, Question, Ticket};
 pub use input::{Handled, Input, Recipient};
 pub use proxy_wire::{disconnect_request, hook_answer, hook_request, HookAnswerError, HookCaller};
@@ -216,7 +217,7 @@ impl Hub {
     }
 
     /// Runs everything due at `now`: heartbeat pings and expiries, closing grace periods,
-    /// history expiry of empty rooms.
+    /// history expiry of empty rooms, batched presence.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         let now = self.clock.advance(now);
         while let Some((fired, timer)) = self.timers.pop_due(now) {
@@ -224,6 +225,7 @@ impl Hub {
                 Timer::Conn(id) => self.conn_timer(id, fired, now),
                 Timer::Room { slot, uid } => self.room_timer(slot, uid, now),
                 Timer::Load { serial } => self.load_timer(serial, now),
+                Timer::Presence { slot, uid } => self.presence_timer(slot, uid, now),
             }
         }
     }
@@ -287,6 +289,9 @@ impl Hub {
             // Room timers are few; a stale one only re-checks its room when it fires.
             Timer::Room { slot, uid } => rooms.get(slot).is_some_and(|r| r.uid == uid),
             Timer::Load { serial } => loads.contains_key(&serial),
+            Timer::Presence { slot, uid } => rooms
+                .get(slot)
+                .is_some_and(|r| r.uid == uid && r.presence.as_ref().is_some_and(|b| b.due == t)),
         });
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::history::HistoryEntry;
-use super::messages::{self, Via};
+use super::messages::{self, Content, Via};
 use super::types::{
     ConnId, ConnState, Delivery, Destination, Event, Forward, Origin, Output, Published,
 };
@@ -27,14 +27,35 @@ pub(crate) struct Publish<'a> {
     pub(crate) exclude: &'a [ConnId],
 }
 
+impl Publish<'_> {
+    /// What its `message` carries, stamped with the server's time.
+    pub(crate) fn content(&self, ts: u64) -> Content<'_> {
+        Content {
+            event: self.event,
+            from: self.from,
+            data: self.data,
+            ts,
+        }
+    }
+
+    /// The same, from the server (`from: null`).
+    pub(crate) fn as_server(&self, ts: u64) -> Content<'_> {
+        Content {
+            from: None,
+            ..self.content(ts)
+        }
+    }
+}
+
 impl Hub {
     /// A room message: the next seq, history, every member but the excluded.
     pub(crate) fn publish_room(&mut self, rk: usize, p: &Publish<'_>, now: Timestamp) -> Delivery {
+        let ts = self.unix_ms(now);
         let r = &mut self.index.rooms[rk];
         r.seq += 1;
         let seq = r.seq;
         let via = Via::Room { name: &r.name, seq };
-        let msg = messages::message(via, p.event, p.from, p.data);
+        let msg = messages::message(via, &p.content(ts));
         self.keep_in_history(rk, seq, &msg, now);
         let delivered = self.deliver_room(rk, &msg, p.exclude);
         let r = &self.index.rooms[rk];
@@ -74,6 +95,9 @@ impl Hub {
     /// Hands one encoded message to every member of a room but `exclude` (held for the
     /// burst when coalescing); returns how many members it is for.
     pub(crate) fn deliver_room(&mut self, rk: usize, msg: &Outgoing, exclude: &[ConnId]) -> usize {
+        if self.index.rooms[rk].presence.is_some() {
+            self.flush_presence(rk);
+        }
         let room = &mut self.index.rooms[rk];
         let coalesce = self.config.coalesce_room_messages;
         self.fanout
@@ -85,7 +109,8 @@ impl Hub {
     pub(crate) fn publish_channel(&mut self, ck: usize, p: &Publish<'_>) -> Delivery {
         self.flush_rooms();
         let name = self.index.channels[ck].name.clone();
-        let msg = messages::message(Via::Channel(&name), p.event, p.from, p.data);
+        let ts = self.unix_ms(self.clock.now());
+        let msg = messages::message(Via::Channel(&name), &p.content(ts));
         // A connection reachable several ways (subscriber, member of two linked rooms)
         // gets the message once: each delivery stamps the connection with this fan-out's
         // number, with no per-message set to allocate.
@@ -115,7 +140,8 @@ impl Hub {
 
     /// A direct message: every open connection of the user.
     pub(crate) fn publish_user(&mut self, user: &str, p: &Publish<'_>) -> Delivery {
-        let msg = messages::message(Via::User(user), p.event, p.from, p.data);
+        let ts = self.unix_ms(self.clock.now());
+        let msg = messages::message(Via::User(user), &p.content(ts));
         let targets: Vec<ConnId> = self
             .index
             .users
@@ -142,7 +168,8 @@ impl Hub {
 
     /// A server message to one connection.
     pub(crate) fn publish_conn(&mut self, id: ConnId, p: &Publish<'_>) -> Delivery {
-        let msg = messages::message(Via::Direct, p.event, None, p.data);
+        let ts = self.unix_ms(self.clock.now());
+        let msg = messages::message(Via::Direct, &p.as_server(ts));
         self.send(id, &msg);
         self.announce(p, Destination::Conn(id), (None, None), 1, msg);
         let now = self.clock.now();
@@ -156,7 +183,8 @@ impl Hub {
     /// A broadcast: every open connection.
     pub(crate) fn broadcast_from(&mut self, p: &Publish<'_>) -> Delivery {
         self.flush_rooms();
-        let msg = messages::message(Via::Direct, p.event, None, p.data);
+        let ts = self.unix_ms(self.clock.now());
+        let msg = messages::message(Via::Direct, &p.as_server(ts));
         let mut delivered = 0;
         for (_, c) in self.conns.iter_mut() {
             if c.state != ConnState::Open || p.exclude.contains(&c.id) || !c.admitted() {

@@ -173,7 +173,7 @@ impl Hub {
         self.clock.advance(now);
         let s = self.conns.open_slot(id)?;
         check_name(room)?;
-        let (rk, already) = self.join_slot(s, room, presence, Asker::Server)?;
+        let (rk, already) = self.join_slot(s, room, presence.into(), Asker::Server)?;
         if !already && tell {
             let r = &self.index.rooms[rk];
             let msg = messages::joined(&r.name, r.members.len(), &r.epoch, r.seq);

@@ -15,6 +15,7 @@ use super::types::ConnState;
 use super::{ConnId, Hub, HubConfig};
 use crate::auth::{Caps, Ops, RoomGrant};
 use crate::outgoing::Outgoing;
+use crate::protocol::Presence;
 use crate::ratelimit::TokenBucket;
 use crate::time::Timestamp;
 
@@ -27,6 +28,9 @@ pub struct RoomMembership {
     /// Receives presence events.
     #[serde(rename = "p", default, skip_serializing_if = "std::ops::Not::not")]
     pub presence: bool,
+    /// ... per user (`presence: "users"`) rather than per connection.
+    #[serde(rename = "u", default, skip_serializing_if = "std::ops::Not::not")]
+    pub users: bool,
     /// The room's seq when the snapshot was taken (the last this connection was sent).
     #[serde(rename = "s", default)]
     pub seq: u64,
@@ -174,7 +178,8 @@ impl Hub {
                 .iter()
                 .map(|&rk| RoomMembership {
                     room: self.index.rooms[rk].name.to_string(),
-                    presence: self.index.watches(s, rk),
+                    presence: self.index.watches(s, rk).is_on(),
+                    users: self.index.watches(s, rk) == Presence::Users,
                     seq: self.index.rooms[rk].seq,
                 })
                 .collect(),
@@ -326,7 +331,12 @@ impl Hub {
                     None => hub.create_room_slot(&m.room, None, None, false),
                 };
                 hub.index.add_member(&mut hub.conns, s, rk);
-                hub.index.set_presence(s, rk, m.presence);
+                let presence = match (m.presence, m.users) {
+                    (false, _) => Presence::Off,
+                    (true, false) => Presence::Connections,
+                    (true, true) => Presence::Users,
+                };
+                hub.index.set_presence(s, rk, presence);
             }
             for ch in &snap.channels {
                 if !crate::protocol::valid_name(ch) {

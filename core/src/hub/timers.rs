@@ -19,6 +19,8 @@ pub(crate) enum Timer {
     Room { slot: usize, uid: u64 },
     /// A backplane load's deadline (`hub::backplane`).
     Load { serial: u64 },
+    /// The end of a room's presence window (`hub::presence`).
+    Presence { slot: usize, uid: u64 },
 }
 
 /// The heap is never swept below this size (sweeping a small heap gains nothing).

@@ -72,8 +72,13 @@ struct Peer {
     got: BTreeSet<u64>,
     /// Its `conn` from the welcome.
     wire: String,
-    /// Rooms it joined with `presence: true`.
+    /// Rooms it joined with presence (`true` or `"users"`).
     presence: BTreeSet<String>,
+    /// Of those, the rooms it watches per user: its view holds users (and anonymous
+    /// connections), see [`key`].
+    per_user: BTreeSet<String>,
+    /// The presence its last join asked for was per user.
+    asked_users: bool,
     /// Room → the members it knows of: the join ack's `present` list, then every
     /// `presence` message applied (only where the list was complete, under the cap).
     views: BTreeMap<String, BTreeSet<String>>,
@@ -105,6 +110,12 @@ pub struct SimReport {
     pub presence_entries: u64,
     /// Presence views compared with the model's membership at the end.
     pub presence_views: u64,
+    /// Of those, per-user views (`presence: "users"`).
+    pub user_views: u64,
+    /// Runs whose hub batched presence over a window.
+    pub batched_runs: u64,
+    /// Presence messages with several entries.
+    pub presence_batches: u64,
     /// Rejoins with `since`/`epoch` that were `recovered: true`.
     pub recovered: u64,
     /// Rejoins with `since`/`epoch` that were `recovered: false`.
@@ -130,6 +141,9 @@ impl SimReport {
         self.bursts += o.bursts;
         self.presence_entries += o.presence_entries;
         self.presence_views += o.presence_views;
+        self.user_views += o.user_views;
+        self.batched_runs += o.batched_runs;
+        self.presence_batches += o.presence_batches;
         self.recovered += o.recovered;
         self.not_recovered += o.not_recovered;
         self.replayed += o.replayed;
@@ -159,6 +173,17 @@ struct Sim {
     by_wire: HashMap<String, usize>,
     history: bool,
     recovery: bool,
+    /// The hub's presence window (0: changes go out at once).
+    presence_batch_ms: u64,
+}
+
+/// What a presence view holds for a connection: its conn, or per user its user
+/// (anonymous connections stand for themselves).
+fn key(wire: &str, user: Option<&str>, per_user: bool) -> String {
+    match (per_user, user) {
+        (true, Some(u)) => format!("user:{u}"),
+        _ => wire.to_owned(),
+    }
 }
 
 fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
@@ -171,6 +196,12 @@ impl Sim {
         let mut hub_seed = [0u8; 32];
         rng.fill(&mut hub_seed);
         let max_buffered = cfg.max_buffered;
+        // a third of the seeds batch presence (the servers' default window)
+        let presence_batch_ms = if seed % 3 == 2 {
+            roomcast_core::hub::PRESENCE_BATCH_MS
+        } else {
+            0
+        };
         let config = HubConfig {
             heartbeat: HeartbeatConfig {
                 interval_ms: INTERVAL,
@@ -189,6 +220,7 @@ impl Sim {
             },
             max_buffered_bytes: max_buffered,
             coalesce_room_messages: seed % 2 == 1,
+            presence_batch_ms,
             ..HubConfig::default()
         };
         let mut hub = Hub::new(config, hub_seed, Timestamp(0));
@@ -214,6 +246,7 @@ impl Sim {
             by_wire: HashMap::default(),
             history: cfg.history,
             recovery: cfg.recovery,
+            presence_batch_ms,
         }
     }
 
@@ -392,10 +425,19 @@ impl Sim {
                     match v.get("present").and_then(Value::as_array) {
                         Some(list) => {
                             peer.presence.insert(room.to_owned());
+                            let per_user = peer.asked_users;
+                            if per_user {
+                                peer.per_user.insert(room.to_owned());
+                            } else {
+                                peer.per_user.remove(room);
+                            }
                             if v["members"].as_u64().expect("members") <= cap {
                                 let view = list
                                     .iter()
-                                    .map(|e| e["conn"].as_str().expect("conn").to_owned())
+                                    .map(|e| {
+                                        let wire = e["conn"].as_str().expect("conn");
+                                        key(wire, e["user"].as_str(), per_user)
+                                    })
                                     .collect();
                                 peer.views.insert(room.to_owned(), view);
                             } else {
@@ -404,6 +446,7 @@ impl Sim {
                         }
                         None => {
                             peer.presence.remove(room);
+                            peer.per_user.remove(room);
                             peer.views.remove(room);
                         }
                     }
@@ -417,7 +460,9 @@ impl Sim {
 
     /// A `presence` message to peer `p`: only for a room it joined with presence, about
     /// other connections that exist, with their users, none both joined and left; applied
-    /// to the peer's view of the room.
+    /// to the peer's view of the room, which it must continue: nobody joins who is
+    /// already in the view (per user: a user's second connection is no news) and nobody
+    /// leaves who is not.
     fn presence(&mut self, p: usize, v: &Value) {
         self.report.presence += 1;
         let room = v["room"].as_str().expect("presence has room").to_owned();
@@ -430,6 +475,7 @@ impl Sim {
             self.peers[p].last_ack,
             self.peers[p].wire
         );
+        let per_user = self.peers[p].per_user.contains(&room);
         let mut seen = BTreeSet::new();
         for (list, joined) in [("joined", true), ("left", false)] {
             let Some(entries) = v.get(list) else { continue };
@@ -446,33 +492,50 @@ impl Sim {
                     self.peers[who].user.as_deref(),
                     "presence entry's user: {v}"
                 );
-                assert!(seen.insert(wire.clone()), "{wire} listed twice: {v}");
+                let k = key(&wire, e["user"].as_str(), per_user);
+                assert!(seen.insert(k.clone()), "{k} listed twice: {v}");
                 self.report.presence_entries += 1;
                 if let Some(view) = self.peers[p].views.get_mut(&room) {
                     if joined {
-                        view.insert(wire);
+                        assert!(
+                            view.insert(k.clone()),
+                            "peer {p} told {k} joined again: {v}"
+                        );
                     } else {
-                        view.remove(&wire);
+                        assert!(view.remove(&k), "peer {p} told {k} left, never there: {v}");
                     }
                 }
             }
         }
         assert!(!seen.is_empty(), "empty presence message: {v}");
+        self.report.presence_batches += u64::from(seen.len() > 1);
     }
 
     /// The live peers in `room`, by `conn`, as the model has them.
     fn members(&self, room: &str) -> BTreeSet<String> {
+        self.member_keys(room, false)
+    }
+
+    /// The same, as a presence view of that kind holds them.
+    fn member_keys(&self, room: &str, per_user: bool) -> BTreeSet<String> {
         self.peers
             .iter()
             .filter(|q| !q.closed && q.rooms.contains_key(room))
-            .map(|q| q.wire.clone())
+            .map(|q| key(&q.wire, q.user.as_deref(), per_user))
             .collect()
     }
 
     /// Checks a join's ack (`members`, `present`) against the membership before the
     /// join (`before`, without the joiner) and after it (peers closed on the way, e.g. as
     /// slow consumers, may or may not be counted), and sets the joiner's presence view.
-    fn check_join_ack(&mut self, p: usize, room: &str, presence: bool, before: &BTreeSet<String>) {
+    /// `presence`: `None` (off), `Some(per_user)`.
+    fn check_join_ack(
+        &mut self,
+        p: usize,
+        room: &str,
+        presence: Option<bool>,
+        before: &BTreeSet<String>,
+    ) {
         let ack = self.peers[p].last_ack.take().expect("join acked");
         assert_eq!(ack["room"], room, "{ack}");
         let me = self.peers[p].wire.clone();
@@ -487,10 +550,10 @@ impl Sim {
             after.len() + 1,
             before.len() + 1
         );
-        if !presence {
+        let Some(per_user) = presence else {
             assert!(ack.get("present").is_none(), "{ack}");
             return;
-        }
+        };
         let present: Vec<String> = ack["present"]
             .as_array()
             .expect("present list with presence: true")
@@ -506,6 +569,20 @@ impl Sim {
         assert_eq!(set.len(), present.len(), "duplicates in present: {ack}");
         assert!(set.is_subset(&with_me), "present lists non-members: {ack}");
         let cap = self.hub.config().max_present_list;
+        if per_user {
+            // each user once; the rest as for connections, by user
+            let key_of = |w: &String| key(w, self.peers[self.by_wire[w]].user.as_deref(), true);
+            let keys: BTreeSet<String> = present.iter().map(key_of).collect();
+            assert_eq!(keys.len(), present.len(), "a user listed twice: {ack}");
+            if members <= cap {
+                assert!(keys.contains(&key_of(&me)), "the joiner's user: {ack}");
+                let after: BTreeSet<String> = after.iter().map(key_of).collect();
+                let with_me: BTreeSet<String> = with_me.iter().map(key_of).collect();
+                assert!(after.is_subset(&keys), "present misses users: {ack}");
+                assert!(keys.is_subset(&with_me), "present lists non-members: {ack}");
+            }
+            return;
+        }
         assert_eq!(
             set.len(),
             members.min(cap),
@@ -680,7 +757,7 @@ impl Sim {
         if !self.history {
             assert!(replayed.is_empty(), "replay without history: {ack}");
         }
-        self.check_join_ack(p, &room, false, &before);
+        self.check_join_ack(p, &room, None, &before);
         self.peers[p].rooms.insert(room, latest + 1);
     }
 
@@ -714,6 +791,8 @@ impl Sim {
             got: BTreeSet::new(),
             wire: String::new(),
             presence: BTreeSet::new(),
+            per_user: BTreeSet::new(),
+            asked_users: false,
             views: BTreeMap::new(),
             last_ack: None,
             recovering: None,
@@ -726,12 +805,18 @@ impl Sim {
 
     fn join(&mut self, p: usize) {
         let room = pick(&mut self.rng, &self.room_names).clone();
-        let presence = self.rng.below_or_eq(1) == 0;
+        // off, per connection or per user
+        let (presence, asked) = match self.rng.below_or_eq(2) {
+            0 => (None, json!(false)),
+            1 => (Some(false), json!(true)),
+            _ => (Some(true), json!("users")),
+        };
+        self.peers[p].asked_users = presence == Some(true);
         let already = self.peers[p].rooms.contains_key(&room);
         let mut before = self.members(&room);
         before.remove(&self.peers[p].wire.clone());
         self.peers[p].last_ack = None;
-        self.text(p, json!({"type":"join","room":room,"presence":presence}));
+        self.text(p, json!({"type":"join","room":room,"presence":asked}));
         if self.peers[p].closed {
             return;
         }
@@ -973,19 +1058,33 @@ impl Sim {
                 assert_eq!(*next, seq + 1, "peer {i} in {room} is missing messages");
             }
         }
-        // every presence view matches the room's membership
+        // every presence view matches the room's membership, once the window is over
+        if self.presence_batch_ms > 0 {
+            self.report.batched_runs += 1;
+            // (a peer the heartbeat reaps meanwhile opens another window)
+            loop {
+                let closed = |s: &Sim| s.peers.iter().filter(|q| q.closed).count();
+                let before = (self.report.presence, closed(self));
+                self.advance(self.presence_batch_ms);
+                if (self.report.presence, closed(self)) == before {
+                    break;
+                }
+            }
+        }
         let mut views = 0;
         for (i, peer) in self.peers.iter().enumerate() {
             if peer.closed {
                 continue;
             }
             for (room, view) in &peer.views {
+                let per_user = peer.per_user.contains(room);
                 assert_eq!(
                     *view,
-                    self.members(room),
-                    "peer {i}'s presence view of {room}"
+                    self.member_keys(room, per_user),
+                    "peer {i}'s presence view of {room} (per user: {per_user})"
                 );
                 views += 1;
+                self.report.user_views += u64::from(per_user);
             }
         }
         self.report.presence_views += views;

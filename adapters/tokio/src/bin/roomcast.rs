@@ -97,10 +97,27 @@ struct Args {
     )]
     pong_timeout: Duration,
 
-    /// Messages kept per room (for at most 5 minutes) so reconnecting clients can
-    /// recover what they missed with `join` + `since`. 0 turns history off.
-    #[arg(long, env = "ROOMCAST_HISTORY", value_name = "N", default_value_t = 0)]
+    /// Messages kept per room (for at most --history-age) so reconnecting clients can
+    /// recover what they missed with `join` + `since`: on by default, as on the Worker,
+    /// bounded by --history-max-bytes. 0 turns history off.
+    #[arg(
+        long,
+        env = "ROOMCAST_HISTORY",
+        value_name = "N",
+        default_value_t = roomcast_core::hub::DEFAULT_HISTORY
+    )]
     history: usize,
+
+    /// How long a room message stays recoverable. An empty room lives on until its
+    /// history has aged out, so its seq continues for clients coming back.
+    #[arg(
+        long,
+        env = "ROOMCAST_HISTORY_AGE",
+        value_name = "DURATION",
+        default_value = "5m",
+        value_parser = parse_positive_duration
+    )]
+    history_age: Duration,
 
     /// Bytes of history kept across all rooms together (or with a unit as for
     /// --max-message-size). Past it the oldest messages go first, whichever room holds
@@ -113,6 +130,19 @@ struct Args {
         value_parser = parse_size
     )]
     history_max_bytes: usize,
+
+    /// Presence changes of a room within this window reach its watchers as one
+    /// `presence` message (who joined then left within it is not told at all), so a
+    /// room reconnecting at once costs each watcher a few messages, not one per member.
+    /// 0 sends each change at once.
+    #[arg(
+        long,
+        env = "ROOMCAST_PRESENCE_BATCH",
+        value_name = "DURATION",
+        default_value = "50ms",
+        value_parser = parse_window
+    )]
+    presence_batch: Duration,
 
     /// Most members per room; joins past it get `room_full`. Default: no limit.
     #[arg(long, env = "ROOMCAST_MAX_ROOM_MEMBERS", value_name = "N")]
@@ -395,6 +425,13 @@ fn parse_size(s: &str) -> Result<usize, String> {
     values::parse_size(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A duration as below where 0 turns something off.
+fn parse_window(s: &str) -> Result<Duration, String> {
+    values::parse_millis_or_zero(s)
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{s:?}: {e}"))
+}
+
 /// A duration (`500ms`, `25s`, `2m`, `1h`) that is not zero: the grammar every runtime
 /// shares.
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -440,7 +477,9 @@ impl Args {
         });
         hub.heartbeat = heartbeat_for(self.ping_interval, self.pong_timeout);
         hub.history.max_messages = self.history;
+        hub.history.max_age_ms = u64::try_from(self.history_age.as_millis()).unwrap_or(u64::MAX);
         hub.history.max_total_bytes = self.history_max_bytes;
+        hub.presence_batch_ms = u64::try_from(self.presence_batch.as_millis()).unwrap_or(u64::MAX);
         hub.max_room_members = self.max_room_members;
         hub.clients_create_rooms = !self.no_room_creation;
         hub.max_rooms_per_conn = self.max_rooms_per_connection;
@@ -784,6 +823,14 @@ mod tests {
         assert_eq!(c.hub.heartbeat.timeout_ms, 1000);
         assert_eq!(c.hub.heartbeat.max_missed, 6);
         assert_eq!(c.hub.history.max_messages, 50);
+        assert_eq!(c.hub.history.max_age_ms, 5 * 60 * 1000);
+        assert_eq!(c.hub.presence_batch_ms, 50);
+        let off = Args::parse_from(["roomcast", "--presence-batch", "0", "--history", "0"]);
+        let c = off.config().unwrap();
+        assert_eq!(
+            (c.hub.presence_batch_ms, c.hub.history.max_messages),
+            (0, 0)
+        );
         assert_eq!(
             c.allowed_origins,
             ["https://a.example", "https://b.example"]

@@ -24,7 +24,7 @@
 //!
 //! Channels, users and broadcasts carry no sequence: they travel as [`Forward`]s
 //! (`Output::Forward`, `Input::Remote`), best effort, as on Socket.IO's or Phoenix's
-//! backplanes. The wire helpers here ([`encode_body`], [`forward_to_json`], ...) fix
+//! backplanes. The wire helpers here (`encode_body`, [`forward_to_json`], ...) fix
 //! the bytes every node writes, so the adapters only move them.
 //!
 //! Files: `wire.rs` (the bytes on the backplane), `loads.rs` (reading a room's log:
@@ -35,9 +35,8 @@ mod loads;
 mod order;
 mod wire;
 
-pub use wire::{
-    control_from_json, control_to_json, encode_body, forward_from_json, forward_to_json, Control,
-};
+pub(crate) use wire::encode_body;
+pub use wire::{control_from_json, control_to_json, forward_from_json, forward_to_json, Control};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -182,7 +181,8 @@ impl Hub {
                     .filter(|&&id| self.conns.slot_of(id).is_ok_and(|s| members.contains(&s)))
                     .count()
         });
-        let body = encode_body(p.event, p.from, p.data, exclude_wire.as_deref());
+        let ts = self.unix_ms(self.clock.now());
+        let body = encode_body(&p.content(ts), exclude_wire.as_deref());
         self.backplane.next_append += 1;
         let ticket = self.backplane.next_append;
         let (conn, req_id) = match publisher {

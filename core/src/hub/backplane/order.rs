@@ -86,6 +86,7 @@ impl Hub {
 
     /// Delivers one message of the log to this node's members and keeps it in history.
     pub(super) fn apply_logged(&mut self, rk: usize, seq: u64, body: &str, now: Timestamp) {
+        let ts_now = self.unix_ms(now);
         let r = &mut self.index.rooms[rk];
         debug_assert_eq!(seq, r.seq + 1);
         r.seq = seq;
@@ -93,12 +94,7 @@ impl Hub {
             // an unreadable entry still takes its seq: clients see the jump as a gap
             return;
         };
-        let msg = messages::message(
-            Via::Room { name: &r.name, seq },
-            &b.e,
-            b.f.map(|f| f.get().as_bytes()),
-            b.d,
-        );
+        let msg = messages::message(Via::Room { name: &r.name, seq }, &b.content(ts_now));
         self.keep_in_history(rk, seq, &msg, now);
         let exclude: Vec<ConnId> =
             b.x.as_deref()
@@ -124,17 +120,13 @@ impl Hub {
         if older.is_empty() || !self.history.enabled() {
             return;
         }
+        let ts_now = self.unix_ms(now);
         let r = &mut self.index.rooms[rk];
         let entries = older
             .into_iter()
             .filter_map(|(seq, body)| {
                 let b = decode_body(&body)?;
-                let msg = messages::message(
-                    Via::Room { name: &r.name, seq },
-                    &b.e,
-                    b.f.map(|f| f.get().as_bytes()),
-                    b.d,
-                );
+                let msg = messages::message(Via::Room { name: &r.name, seq }, &b.content(ts_now));
                 Some(HistoryEntry { seq, at: now, msg })
             })
             .collect();

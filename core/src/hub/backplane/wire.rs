@@ -5,19 +5,24 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use crate::hub::messages::Content;
 use crate::hub::types::{Destination, Forward};
 use crate::protocol;
 
-/// The JSON body of a room message in the log: event, sender, data and the connection
-/// that does not receive it (a publisher without `echo`), by its wire id.
-pub fn encode_body(
-    event: &str,
-    from: Option<&[u8]>,
-    data: Option<&RawValue>,
-    exclude: Option<&str>,
-) -> Box<str> {
+/// The JSON body of a room message in the log: event, sender, data, the time the
+/// publishing node accepted it (every node's `ts` for it) and the connection that does
+/// not receive it (a publisher without `echo`), by its wire id.
+pub(crate) fn encode_body(c: &Content<'_>, exclude: Option<&str>) -> Box<str> {
+    let Content {
+        event,
+        from,
+        data,
+        ts,
+    } = *c;
     let mut b = Vec::with_capacity(64);
-    b.extend_from_slice(b"{\"e\":");
+    b.extend_from_slice(b"{\"t\":");
+    protocol::write_u64(&mut b, ts);
+    b.extend_from_slice(b",\"e\":");
     protocol::write_str(&mut b, event);
     b.extend_from_slice(b",\"f\":");
     b.extend_from_slice(from.unwrap_or(b"null"));
@@ -37,6 +42,9 @@ pub fn encode_body(
 /// A log body read back.
 #[derive(serde::Deserialize)]
 pub(super) struct Body<'a> {
+    /// Absent in bodies written before `ts` existed: the receiving node stamps those.
+    #[serde(default)]
+    pub(super) t: Option<u64>,
     #[serde(borrow)]
     pub(super) e: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
@@ -50,6 +58,18 @@ pub(super) struct Body<'a> {
 pub(super) fn decode_body(body: &str) -> Option<Body<'_>> {
     let b: Body<'_> = serde_json::from_str(body).ok()?;
     protocol::valid_name(&b.e).then_some(b)
+}
+
+impl<'a> Body<'a> {
+    /// What the message carries, stamped `ts_now` if the body has no time.
+    pub(super) fn content(&'a self, ts_now: u64) -> Content<'a> {
+        Content {
+            event: &self.e,
+            from: self.f.map(|f| f.get().as_bytes()),
+            data: self.d,
+            ts: self.t.unwrap_or(ts_now),
+        }
+    }
 }
 
 /// A [`Forward`] as the JSON other nodes read with [`forward_from_json`].
@@ -160,13 +180,16 @@ mod tests {
     #[test]
     fn bodies_and_forwards_read_back() {
         let data = RawValue::from_string(r#"{"t":"hi"}"#.into()).unwrap();
-        let body = encode_body(
-            "say",
-            Some(br#"{"conn":"c-1","user":"ann"}"#),
-            Some(&data),
-            Some("c-1"),
-        );
+        let content = Content {
+            event: "say",
+            from: Some(br#"{"conn":"c-1","user":"ann"}"#),
+            data: Some(&data),
+            ts: 1_800_000_000_123,
+        };
+        let body = encode_body(&content, Some("c-1"));
         let b = decode_body(&body).unwrap();
+        assert_eq!(b.t, Some(1_800_000_000_123));
+        assert_eq!(b.content(7).ts, 1_800_000_000_123, "the publisher's time");
         assert_eq!(
             (
                 &*b.e,
@@ -181,9 +204,21 @@ mod tests {
                 Some("c-1")
             )
         );
-        let body = encode_body("e", None, None, None);
+        let content = Content {
+            event: "e",
+            from: None,
+            data: None,
+            ts: 5,
+        };
+        let body = encode_body(&content, None);
         let b = decode_body(&body).unwrap();
         assert!(b.f.is_none() && b.d.is_none() && b.x.is_none());
+        let old = decode_body(r#"{"e":"e","f":null,"d":null,"x":null}"#).unwrap();
+        assert_eq!(
+            old.content(9).ts,
+            9,
+            "a body without a time is stamped on arrival"
+        );
         assert!(
             decode_body(r#"{"e":"","f":null,"d":null,"x":null}"#).is_none(),
             "bad event name"

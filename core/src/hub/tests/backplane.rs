@@ -24,7 +24,13 @@ fn backplaned() -> T {
 
 fn body(event: &str, n: u64) -> Box<str> {
     let data = RawValue::from_string(n.to_string()).unwrap();
-    encode_body(event, None, Some(&data), None)
+    let content = crate::hub::messages::Content {
+        event,
+        from: None,
+        data: Some(&data),
+        ts: 1_700_000_000_000 + n,
+    };
+    crate::hub::backplane::encode_body(&content, None)
 }
 
 use serde_json::value::RawValue;

@@ -23,7 +23,7 @@ fn room_publish_echo_exclusion_seq_and_ack() {
     assert_eq!(
         got,
         vec![
-            json!({"type":"message","room":"r","seq":1,"event":"say","from":{"conn":t.hub.connection(a).unwrap().wire_id,"user":"ann"},"data":{"t":"hi"}})
+            json!({"type":"message","room":"r","seq":1,"ts":t.now,"event":"say","from":{"conn":t.hub.connection(a).unwrap().wire_id,"user":"ann"},"data":{"t":"hi"}})
         ]
     );
     assert_eq!(t.take(c).len(), 1);
@@ -190,4 +190,53 @@ fn oversized_text_closes_1009() {
     let a = t.connect(None);
     t.text(a, r#"{"type":"ping"}"#);
     assert_eq!(t.closes, vec![(a, 1009, "message too big".into())]);
+}
+
+#[test]
+fn every_message_carries_the_servers_unix_time() {
+    // the adapter's clock started at this Unix time (natively: when the server started)
+    const START: u64 = 1_800_000_000_000;
+    let mut t = T::with(HubConfig {
+        clock_unix_ms: START,
+        history: HistoryConfig {
+            max_messages: 10,
+            ..HistoryConfig::default()
+        },
+        ..HubConfig::default()
+    });
+    let a = t.connect(Some("ann"));
+    let b = t.connect(Some("bob"));
+    t.join(a, "r");
+    t.join(b, "r");
+    for x in [a, b] {
+        t.send(x, json!({"type":"subscribe","channel":"c"}));
+        t.take(x);
+    }
+    t.advance(1_234);
+    t.send(a, json!({"type":"publish","room":"r","event":"say"}));
+    t.advance(1);
+    t.send(a, json!({"type":"publish","channel":"c","event":"say"}));
+    t.advance(1);
+    t.send(a, json!({"type":"publish","user":"bob","event":"say"}));
+    t.advance(1);
+    let now = Timestamp(t.now);
+    t.hub.broadcast(now, "all", None, &[a]).unwrap();
+    t.hub.send_to_conn(now, b, "one", None).unwrap();
+    t.drain();
+    let ts: Vec<u64> = t
+        .take(b)
+        .iter()
+        .map(|m| m["ts"].as_u64().expect("a ts on every message"))
+        .collect();
+    let at = START + 1_234;
+    assert_eq!(ts, [at, at + 1, at + 2, at + 3, at + 3]);
+    // a replay gives each message its own time, not the replay's
+    t.advance(5_000);
+    let c = t.connect(None);
+    let epoch = t.hub.room_position("r").unwrap().0.to_owned();
+    t.send(c, json!({"type":"join","room":"r","since":0,"epoch":epoch}));
+    let got = t.take(c);
+    let replayed: Vec<&Value> = got.iter().filter(|m| m["type"] == "message").collect();
+    assert_eq!(replayed.len(), 1, "{got:?}");
+    assert_eq!(replayed[0]["ts"], at);
 }

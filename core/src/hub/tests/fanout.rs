@@ -98,10 +98,10 @@ fn a_channel_send_survives_closing_its_only_subscriber_as_slow() {
     let ack = t.ask(s, json!({"type":"subscribe","channel":"c"}));
     assert_eq!(ack["type"], "ack", "{ack}");
     t.take(p);
-    // About 150 bytes each: under the burst bound (a quarter of the budget), so a
+    // About 150 bytes each (with `"ts":0`): under the burst bound (a quarter of the budget), so a
     // message is held until a flush.
     let publish =
-        json!({"type":"publish","room":"r","event":"e","data":"x".repeat(60)}).to_string();
+        json!({"type":"publish","room":"r","event":"e","data":"x".repeat(53)}).to_string();
     // `s` stops reporting what it has read: seven messages take its backlog just over
     // the budget without closing it...
     publish_unread(&mut t, p, &publish, 7);
@@ -139,7 +139,7 @@ fn flush_closes_members_found_slow_by_a_membership_change() {
     t.join(s, "r");
     t.take(p);
     let publish =
-        json!({"type":"publish","room":"r","event":"e","data":"x".repeat(60)}).to_string();
+        json!({"type":"publish","room":"r","event":"e","data":"x".repeat(53)}).to_string();
     publish_unread(&mut t, p, &publish, 7);
     // One more held, then the server API joins someone: the room is flushed first and
     // `s`, which reported nothing, is found over budget.

@@ -320,3 +320,99 @@ fn server_side_joins_and_subscribes_follow_the_client_limits() {
     assert_eq!(code(&e), "too_many_rooms");
     t.hub.check_invariants();
 }
+
+#[test]
+fn user_presence_reports_a_users_first_connection_in_and_last_out() {
+    let mut t = T::new();
+    let w = t.connect(Some("watcher"));
+    let v = t.connect(Some("viewer"));
+    let a1 = t.connect(Some("ann"));
+    let a2 = t.connect(Some("ann"));
+    let x = t.connect(None);
+    let wires: HashMap<ConnId, String> = [a1, a2, x]
+        .iter()
+        .map(|&id| (id, t.hub.connection(id).unwrap().wire_id.to_string()))
+        .collect();
+    let wire = |id: ConnId| wires[&id].clone();
+    let ack = t.ask(w, json!({"type":"join","room":"r","presence":"users"}));
+    assert_eq!(ack["present"].as_array().unwrap().len(), 1, "itself");
+    t.ask(v, json!({"type":"join","room":"r","presence":true}));
+    t.take(w);
+    let joined = |m: &Value| m["joined"][0]["conn"].as_str().map(str::to_owned);
+    let left = |m: &Value| m["left"][0]["conn"].as_str().map(str::to_owned);
+
+    t.join(a1, "r");
+    let got = t.take(w);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        joined(&got[0]),
+        Some(wire(a1)),
+        "ann's first tab: ann joined"
+    );
+    assert_eq!(got[0]["joined"][0]["user"], "ann");
+    t.join(a2, "r");
+    assert!(t.take(w).is_empty(), "ann's second tab is not news");
+    assert_eq!(
+        t.take(v).len(),
+        2,
+        "the per-connection watcher saw both tabs"
+    );
+
+    // the present list names each user once, anonymous connections each
+    t.join(x, "r");
+    assert_eq!(
+        joined(&t.take(w)[0]),
+        Some(wire(x)),
+        "an anonymous connection is its own user"
+    );
+    let late = t.connect(Some("late"));
+    let ack = t.ask(late, json!({"type":"join","room":"r","presence":"users"}));
+    let users: Vec<&str> = ack["present"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(users, ["watcher", "viewer", "ann", "-", "late"]);
+    t.take(w);
+    t.take(v);
+
+    // closing one of ann's tabs is not a departure; the last one is
+    t.ask(a1, json!({"type":"leave","room":"r"}));
+    assert!(t.take(w).is_empty(), "a false left for a user still there");
+    assert_eq!(t.take(v).len(), 1);
+    t.hub
+        .handle_disconnect(
+            Timestamp(t.now),
+            a2,
+            DisconnectReason::Closed { code: None },
+        )
+        .unwrap();
+    t.drain();
+    let got = t.take(w);
+    assert_eq!(got.len(), 1);
+    assert_eq!(left(&got[0]), Some(wire(a2)));
+    assert_eq!(got[0]["left"][0]["user"], "ann");
+    t.hub.check_invariants();
+}
+
+#[test]
+fn presence_mode_switches_on_a_second_join() {
+    let mut t = T::new();
+    let w = t.connect(Some("w"));
+    let a1 = t.connect(Some("ann"));
+    let a2 = t.connect(Some("ann"));
+    t.ask(w, json!({"type":"join","room":"r","presence":true}));
+    t.join(a1, "r");
+    t.take(w);
+    // per user now: ann's second tab is not reported
+    t.ask(w, json!({"type":"join","room":"r","presence":"users"}));
+    t.join(a2, "r");
+    assert!(t.take(w).is_empty());
+    // and off
+    t.ask(w, json!({"type":"join","room":"r","presence":false}));
+    t.ask(a1, json!({"type":"leave","room":"r"}));
+    t.ask(a2, json!({"type":"leave","room":"r"}));
+    assert!(t.take(w).is_empty());
+    t.hub.check_invariants();
+}

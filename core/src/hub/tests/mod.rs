@@ -13,6 +13,7 @@ mod dispatch;
 mod fanout;
 mod history;
 mod membership;
+mod presence;
 mod server_api;
 mod snapshot;
 

@@ -12,11 +12,13 @@ fn snapshot_restore_keeps_rooms_users_and_seq() {
     t.ask(a, json!({"type":"join","room":"r","presence":true}));
     t.join(b, "r");
     t.ask(b, json!({"type":"subscribe","channel":"c"}));
+    let u = t.connect(Some("uma"));
+    t.ask(u, json!({"type":"join","room":"r","presence":"users"}));
     t.hub
         .create_channel(Timestamp(t.now), "linked", &["r"])
         .unwrap();
     t.send(a, json!({"type":"publish","room":"r","event":"e"}));
-    let snaps: Vec<ConnSnapshot> = [a, b]
+    let snaps: Vec<ConnSnapshot> = [a, b, u]
         .iter()
         .map(|&x| t.hub.snapshot_conn(x).unwrap())
         .collect();
@@ -37,23 +39,31 @@ fn snapshot_restore_keeps_rooms_users_and_seq() {
         snaps,
     );
     r.hub.check_invariants();
-    assert_eq!(r.hub.stats().connections, 2);
+    assert_eq!(r.hub.stats().connections, 3);
+    let rk = r.hub.index.rooms.key("r").unwrap();
+    let modes = [a, b, u].map(|x| r.hub.index.watches(x.slot(), rk));
+    use crate::protocol::Presence;
+    assert_eq!(
+        modes,
+        [Presence::Connections, Presence::Off, Presence::Users]
+    );
     assert!(r.hub.is_member(a, "r"));
     assert_eq!(r.hub.user_connections("ann"), &[a]);
     r.now = 100;
     let ack = r.ask(a, json!({"type":"publish","room":"r","event":"e"}));
     assert_eq!(ack["seq"], 2, "seq continues");
     assert_eq!(r.take(b)[0]["seq"], 2);
+    r.take(u);
     assert_eq!(
         r.hub
             .send_to_channel(Timestamp(r.now), "linked", "x", None, &[])
             .unwrap()
             .delivered,
-        2
+        3
     );
     // new connections get fresh ids
     let c = r.connect(None);
-    assert!(c != a && c != b);
+    assert!(c != a && c != b && c != u);
     // history survived: a rejoin from seq 0 of the same epoch recovers
     let epoch = r.hub.room_position("r").unwrap().0.to_owned();
     r.send(c, json!({"type":"join","room":"r","since":0,"epoch":epoch}));
