@@ -825,15 +825,15 @@ mod tests {
         assert_eq!(c.hub.history.max_messages, 50);
         assert_eq!(c.hub.history.max_age_ms, 5 * 60 * 1000);
         assert_eq!(c.hub.presence_batch_ms, 50);
-        let off = Args::parse_from(["roomcast", "--presence-batch", "0", "--history", "0"]);
-        let c = off.config().unwrap();
-        assert_eq!(
-            (c.hub.presence_batch_ms, c.hub.history.max_messages),
-            (0, 0)
-        );
         assert_eq!(
             c.allowed_origins,
             ["https://a.example", "https://b.example"]
+        );
+        let off = Args::parse_from(["roomcast", "--presence-batch", "0", "--history", "0"]);
+        let off = off.config().unwrap();
+        assert_eq!(
+            (off.hub.presence_batch_ms, off.hub.history.max_messages),
+            (0, 0)
         );
     }
 }
