@@ -49,7 +49,15 @@ async fn example_routes_drive_the_hub() {
     let (status, body) = post(addr, "/rooms/lobby/announce", r#"{"text":"hello"}"#).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"delivered": 1, "seq": 1}));
-    let msg = next_json(&mut ws).await;
+    let mut msg = next_json(&mut ws).await;
+    let ts = msg
+        .as_object_mut()
+        .and_then(|m| m.remove("ts"))
+        .and_then(|t| t.as_u64());
+    assert!(
+        ts.is_some_and(|t| t > 1_700_000_000_000),
+        "server time: {ts:?}"
+    );
     assert_eq!(
         msg,
         json!({"type": "message", "event": "announcement", "data": {"text": "hello"},
